@@ -1,0 +1,343 @@
+"""`RTSModel`: a Keras model trained by sharpness-aware steps (SPEC §1)."""
+
+import functools
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_rts import directions
+
+# Keras' own helper for the loss tracker (the same call as in its train_step).
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+
+def _check_finite_number(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{name} must be finite and non-negative, got {value!r}."
+        )
+
+
+def _loss_scale(optimizer):
+    """The factor by which `optimizer.scale_loss` multiplies, or `None`."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.dynamic_scale
+    return optimizer.loss_scale_factor
+
+
+def _all_finite(tensors):
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+def _apply_if_finite(optimizer, grads, variables, finite):
+    """Applies `grads` unless `finite` is false, where Keras would apply.
+
+    A `LossScaleOptimizer` already skips non-finite steps (and lowers its
+    scale), so it is called as is. For any other optimizer the same pattern
+    is used: under a strategy that needs `merge_call`, the conditional is
+    taken in cross-replica context, because a branch that calls `merge_call`
+    (as `optimizer.apply` does) cannot live in a replica-context `tf.cond`.
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer.apply(grads, variables)
+        return
+
+    def apply():
+        optimizer.apply(grads, variables)
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, apply, lambda: None)
+        return
+
+    def apply_replica(grads):
+        optimizer.apply(grads, variables)
+
+    def cross_replica(distribution, grads, finite):
+        finite = distribution.experimental_local_results(finite)[0]
+        tf.cond(
+            finite,
+            lambda: distribution.extended.call_for_each_replica(
+                apply_replica, args=(grads,)
+            ),
+            lambda: None,
+        )
+
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(grads, finite)
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_rts")
+class RTSModel(keras.Model):
+    """Wraps a Keras model and trains it with a sharpness-aware step.
+
+    Each training step follows SPEC §1. For `pugd` (the default):
+
+    1. `g = ∇f(w)`, a forward/backward pass in training mode;
+    2. `ε = ρ · a / (‖a‖ + δ)`, `a = |w| ⊙ g`;
+    3. `g* = ∇f(w + ε)`, a second pass on the same batch;
+    4. `d = g* + λ · g`;
+    5. `U = d / (‖d‖ + δ)`, which the compiled optimizer applies to `w`.
+
+    Norms are global over all trainable tensors. The second pass runs
+    statelessly (`keras.StatelessScope`): the weights never hold `w + ε`,
+    and BatchNormalization statistics move only in the first pass. When
+    `perturb` is false, or `method="sgd"`, the step is one plain pass that
+    applies the raw gradient, exactly as `keras.Model` would.
+
+    `radius`, `grad_scale` and `perturb` are variables of the model, so
+    callbacks can assign them between steps without retracing. The logs
+    carry them, with `grad_evals` (forward/backward passes so far) and
+    `skipped_steps` (steps whose loss or direction was not finite and were
+    not applied).
+
+    Args:
+        model: the `keras.Model` to train.
+        method: one of `"sgd"`, `"ugd"`, `"sam"`, `"asam"`, `"pugd"`.
+        radius: the perturbation radius `ρ` (non-negative).
+        grad_scale: the gradient scale `λ` in `d = g* + λ · g`; `None` means
+            the method's default (1 for `pugd`, 0 for `sam` and `asam`).
+        perturb: whether the method's step is on; when false each step is a
+            one-pass `sgd` step.
+        weight_decay: coupled L2 weight decay, `d ← d + weight_decay · w`
+            after normalisation and before the optimizer (momentum), as in
+            PyTorch's `SGD(weight_decay=...)` and the published recipes.
+            Keras optimizers' own `weight_decay` is decoupled instead.
+        eta: ASAM's offset `η` in `T = |w| + η` (used by `"asam"` only).
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    net = keras.Sequential([keras.Input((32, 32, 3)),
+                            keras.layers.Conv2D(16, 3, activation="relu"),
+                            keras.layers.GlobalAveragePooling2D(),
+                            keras.layers.Dense(10)])
+    model = keras_rts.RTSModel(net, method="pugd", radius=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(images, labels, epochs=2)
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        method="pugd",
+        radius=1.0,
+        grad_scale=None,
+        perturb=True,
+        weight_decay=0.0,
+        eta=0.01,
+        **kwargs,
+    ):
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                "model must be a keras.Model (e.g. a Sequential or "
+                f"functional model), got {type(model).__name__}."
+            )
+        method_spec = directions.get_method(method)
+        _check_finite_number("radius", radius)
+        _check_finite_number("grad_scale", grad_scale, allow_none=True)
+        _check_finite_number("weight_decay", weight_decay)
+        _check_finite_number("eta", eta)
+        if not isinstance(perturb, bool):
+            raise ValueError(f"perturb must be True or False, got {perturb!r}.")
+        if grad_scale is None:
+            grad_scale = method_spec.default_grad_scale
+
+        super().__init__(**kwargs)
+        self.model = model
+        self.method = method
+        self.weight_decay = float(weight_decay)
+        self.eta = float(eta)
+        self._method = method_spec
+        # The constructor's values, for get_config; the current values are
+        # state, saved with the weights.
+        self._initial = dict(
+            radius=float(radius), grad_scale=float(grad_scale), perturb=perturb
+        )
+        self._perturbation = method_spec.perturbation
+        if method == "asam":
+            self._perturbation = functools.partial(
+                directions.asam_perturbation, eta=self.eta
+            )
+
+        def state(name, value, dtype, aggregation="none"):
+            return self.add_weight(
+                name=name,
+                shape=(),
+                initializer=keras.initializers.Constant(value),
+                dtype=dtype,
+                trainable=False,
+                aggregation=aggregation,
+            )
+
+        self.radius = state("radius", float(radius), "float32")
+        self.grad_scale = state("grad_scale", float(grad_scale), "float32")
+        self.perturb = state("perturb", perturb, "bool")
+        self.grad_evals = state("grad_evals", 0, "int64", "only_first_replica")
+        self.skipped_steps = state(
+            "skipped_steps", 0, "int64", "only_first_replica"
+        )
+        if model.built:
+            self.built = True
+
+    def build(self, input_shape):
+        if not self.model.built:
+            self.model.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def _gradients_at(self, data, variables, values):
+        """Gradients of the scaled loss with `variables` read as `values`.
+
+        The forward pass runs in training mode inside a `StatelessScope`: no
+        variable is written, so BatchNormalization statistics and the
+        weights are left as they are.
+        """
+        x, y, sample_weight = data
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            with keras.StatelessScope(
+                state_mapping=list(zip(variables, values)), collect_losses=True
+            ):
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    training=True,
+                )
+            loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, values)
+        return [
+            ops.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, values)
+        ]
+
+    def _method_direction(self, data, grads, variables, loss_scale):
+        """The method's direction `d` (or `U`), from the unscaled `grads`."""
+        direction = grads
+        if self._perturbation is not None:
+            weights = [tf.convert_to_tensor(v) for v in variables]
+            epsilon = self._perturbation(grads, weights, self.radius)
+            perturbed_grads = self._gradients_at(
+                data, variables, [w + e for w, e in zip(weights, epsilon)]
+            )
+            if loss_scale is not None:
+                perturbed_grads = [g / loss_scale for g in perturbed_grads]
+            direction = directions.combine(
+                perturbed_grads, grads, self.grad_scale
+            )
+        if self._method.normalize:
+            direction = directions.normalize(direction)
+        return direction
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+
+        # First pass: the ordinary Keras forward/backward pass (it alone
+        # updates BatchNormalization statistics and the loss tracker).
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                training=True,
+            )
+            self._loss_tracker.update_state(
+                unscale_loss_for_distribution(loss),
+                sample_weight=tf.shape(
+                    next(i for i in tf.nest.flatten(x) if i is not None)
+                )[0],
+            )
+            scaled_loss = self.optimizer.scale_loss(loss)
+        all_variables = self.trainable_variables
+        grads = tape.gradient(scaled_loss, all_variables)
+        # Like Keras' optimizer: variables without a gradient take no part.
+        pairs = [(g, v) for g, v in zip(grads, all_variables) if g is not None]
+        variables = [v for _, v in pairs]
+        grads = [tf.convert_to_tensor(g) for g, _ in pairs]
+        if not self.optimizer.built:
+            self.optimizer.build(all_variables)
+
+        # The arithmetic is done on the true (unscaled) gradients; the loss
+        # scale is a power of two, so unscaling and rescaling are exact.
+        loss_scale = _loss_scale(self.optimizer)
+        if loss_scale is not None:
+            grads = [g / loss_scale for g in grads]
+        direction = grads
+        if self._method.name != "sgd":
+            direction = tf.cond(
+                self.perturb,
+                lambda: self._method_direction(
+                    (x, y, sample_weight), grads, variables, loss_scale
+                ),
+                lambda: grads,
+            )
+        if self.weight_decay:
+            direction = directions.add_weight_decay(
+                direction,
+                [tf.convert_to_tensor(v) for v in variables],
+                self.weight_decay,
+            )
+        if loss_scale is not None:
+            direction = [d * loss_scale for d in direction]
+
+        finite = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(loss)), _all_finite(direction)
+        )
+        _apply_if_finite(self.optimizer, direction, variables, finite)
+
+        method_on = self._method_on()
+        passes = 1
+        if self._perturbation is not None:
+            passes += tf.cast(method_on, "int64")
+        self.grad_evals.assign_add(passes)
+        self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), "int64"))
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs.update(
+            radius=tf.convert_to_tensor(self.radius),
+            grad_scale=tf.convert_to_tensor(self.grad_scale),
+            perturb=tf.cast(method_on, "int32"),
+            grad_evals=tf.convert_to_tensor(self.grad_evals),
+            skipped_steps=tf.convert_to_tensor(self.skipped_steps),
+        )
+        return logs
+
+    def _method_on(self):
+        """Whether the method's step (not plain `sgd`) runs, as a tensor."""
+        if self._method.name == "sgd":
+            return tf.constant(False)
+        return tf.convert_to_tensor(self.perturb)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "model": keras.saving.serialize_keras_object(self.model),
+                "method": self.method,
+                "radius": self._initial["radius"],
+                "grad_scale": self._initial["grad_scale"],
+                "perturb": self._initial["perturb"],
+                "weight_decay": self.weight_decay,
+                "eta": self.eta,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(
+            config["model"], custom_objects=custom_objects
+        )
+        return cls(**config)

@@ -1,0 +1,124 @@
+"""An independent NumPy (float64) reference of SPEC §1, for the tests.
+
+The network is `Dense(h) → BatchNormalization → ReLU → Dense(c)` with a
+softmax cross-entropy loss averaged over the batch, with its backward pass
+written out by hand; the step, the optimizer (Keras' SGD with momentum and
+decoupled weight decay) and the coupled L2 decay are written from the spec,
+not from the package.
+"""
+
+import numpy as np
+
+DELTA = 1e-12
+BN_EPSILON = 1e-3  # Keras' BatchNormalization defaults.
+BN_MOMENTUM = 0.99
+
+
+def forward_backward(params, x, y):
+    """Loss, gradients and batch statistics of the network at `params`.
+
+    `params` is `[W1, b1, gamma, beta, W2, b2]`.
+    """
+    W1, b1, gamma, beta, W2, b2 = params
+    n = x.shape[0]
+    z = x @ W1 + b1
+    mean = z.mean(0)
+    var = z.var(0)  # biased, as Keras' BatchNormalization.
+    inv_std = 1.0 / np.sqrt(var + BN_EPSILON)
+    z_hat = (z - mean) * inv_std
+    a = gamma * z_hat + beta
+    r = np.maximum(a, 0.0)
+    logits = r @ W2 + b2
+    shifted = logits - logits.max(1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    loss = -np.log(p[np.arange(n), y]).mean()
+
+    d_logits = p.copy()
+    d_logits[np.arange(n), y] -= 1.0
+    d_logits /= n
+    dW2 = r.T @ d_logits
+    db2 = d_logits.sum(0)
+    da = (d_logits @ W2.T) * (a > 0)
+    dgamma = (da * z_hat).sum(0)
+    dbeta = da.sum(0)
+    dz_hat = da * gamma
+    dz = (inv_std / n) * (
+        n * dz_hat - dz_hat.sum(0) - z_hat * (dz_hat * z_hat).sum(0)
+    )
+    dW1 = x.T @ dz
+    db1 = dz.sum(0)
+    return loss, [dW1, db1, dgamma, dbeta, dW2, db2], (mean, var)
+
+
+def norm(tensors):
+    return np.sqrt(sum(np.sum(t**2) for t in tensors))
+
+
+def perturbation(method, grads, params, radius, eta=0.01):
+    if method == "sam":
+        n = norm(grads)
+        return [radius * g / (n + DELTA) for g in grads]
+    if method == "asam":
+        T = [np.abs(w) + eta for w in params]
+        n = norm([t * g for t, g in zip(T, grads)])
+        return [radius * t * t * g / (n + DELTA) for t, g in zip(T, grads)]
+    if method == "pugd":
+        a = [np.abs(w) * g for w, g in zip(params, grads)]
+        n = norm(a)
+        return [radius * t / (n + DELTA) for t in a]
+    raise ValueError(method)
+
+
+DEFAULT_GRAD_SCALE = {"sam": 0.0, "asam": 0.0, "pugd": 1.0}
+
+
+class ReferenceTrainer:
+    """Trains the reference network with a method and Keras' SGD."""
+
+    def __init__(self, params, moving, method, radius=1.0, grad_scale=None,
+                 perturb=True, lr=0.1, momentum=0.9, weight_decay=0.0,
+                 coupled_weight_decay=0.0):
+        self.params = [np.asarray(p, np.float64) for p in params]
+        self.moving_mean, self.moving_var = [
+            np.asarray(m, np.float64) for m in moving
+        ]
+        self.velocity = [np.zeros_like(p) for p in self.params]
+        self.method = method
+        self.radius = radius
+        self.grad_scale = (DEFAULT_GRAD_SCALE.get(method, 0.0)
+                           if grad_scale is None else grad_scale)
+        self.perturb = perturb
+        self.lr, self.momentum = lr, momentum
+        self.weight_decay = weight_decay
+        self.coupled_weight_decay = coupled_weight_decay
+        self.grad_evals = 0
+
+    def direction(self, x, y):
+        _, g, (mean, var) = forward_backward(self.params, x, y)
+        self.grad_evals += 1
+        self.moving_mean = (self.moving_mean * BN_MOMENTUM
+                            + mean * (1 - BN_MOMENTUM))
+        self.moving_var = (self.moving_var * BN_MOMENTUM
+                           + var * (1 - BN_MOMENTUM))
+        if self.method == "sgd" or not self.perturb:
+            return g
+        if self.method == "ugd":
+            d = g
+        else:
+            eps = perturbation(self.method, g, self.params, self.radius)
+            perturbed = [w + e for w, e in zip(self.params, eps)]
+            _, g_star, _ = forward_backward(perturbed, x, y)
+            self.grad_evals += 1
+            d = [gs + self.grad_scale * gi for gs, gi in zip(g_star, g)]
+        if self.method in ("ugd", "pugd"):
+            n = norm(d)
+            d = [t / (n + DELTA) for t in d]
+        return d
+
+    def step(self, x, y):
+        d = self.direction(np.asarray(x, np.float64), np.asarray(y))
+        d = [t + self.coupled_weight_decay * w for t, w in zip(d, self.params)]
+        for i, (w, t) in enumerate(zip(self.params, d)):
+            w = w - w * self.weight_decay * self.lr  # Keras: decoupled.
+            self.velocity[i] = self.momentum * self.velocity[i] - self.lr * t
+            self.params[i] = w + self.velocity[i]
