@@ -1,0 +1,95 @@
+"""CIFAR-10 and CIFAR-100 through tensorflow-datasets."""
+
+import os
+
+import tensorflow_datasets as tfds
+
+from keras_rts.data.pipeline import image_pipeline
+
+STATISTICS = {
+    # Per-channel mean and standard deviation of the training images.
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+TRAIN_SIZE = 50_000
+SPLITS = ("train", "validation", "test")
+
+
+def cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
+          train_examples=None, validation_examples=0, augment=None,
+          cutout=0, seed=0, cache=True):
+    """Loads a CIFAR split as a batched, normalised `tf.data.Dataset`.
+
+    The data comes from `tfds.load`, which reads a prepared TFDS folder
+    (`data_dir`, else the `TFDS_DATA_DIR` environment variable, else TFDS'
+    default) and downloads only if the data is not there.
+
+    Args:
+        name: `"cifar10"` or `"cifar100"`.
+        split: `"train"`, `"test"`, or `"validation"` (the last
+            `validation_examples` training images, held out of `"train"`).
+        data_dir: folder holding prepared TFDS datasets.
+        batch_size: examples per batch.
+        train_examples: if set, use only the first this many training
+            images (a subset for quick runs).
+        validation_examples: training images held out as a validation split.
+        augment: 4-pixel pad-and-crop and horizontal flip; defaults to true
+            for `"train"` and false otherwise.
+        cutout: side of a cutout square (0: none).
+        seed: seed of shuffling and augmentation.
+        cache: cache the normalised images in memory.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)` batches: float32 images of
+        shape `(batch, 32, 32, 3)`, int32 labels.
+
+    Raises:
+        ValueError: for an unknown dataset or split, or sizes out of range.
+    """
+    if name not in STATISTICS:
+        raise ValueError(
+            f"Unknown dataset name={name!r}: expected one of "
+            f"{sorted(STATISTICS)}."
+        )
+    if split not in SPLITS:
+        raise ValueError(
+            f"Unknown split={split!r} for {name}: expected one of {SPLITS}."
+        )
+    if not 0 <= validation_examples < TRAIN_SIZE:
+        raise ValueError(
+            f"validation_examples must be in [0, {TRAIN_SIZE}), got "
+            f"{validation_examples!r}."
+        )
+    if split == "validation" and not validation_examples:
+        raise ValueError(
+            "split='validation' needs validation_examples > 0: the "
+            "validation split is carved from the training images."
+        )
+    kept = TRAIN_SIZE - validation_examples
+    if train_examples is not None and not 0 < train_examples <= kept:
+        raise ValueError(
+            f"train_examples must be in (0, {kept}], got {train_examples!r}."
+        )
+    tfds_split = {
+        "train": f"train[:{train_examples or kept}]",
+        "validation": f"train[{kept}:]",
+        "test": "test",
+    }[split]
+    dataset = tfds.load(
+        name,
+        split=tfds_split,
+        as_supervised=True,
+        data_dir=data_dir or os.environ.get("TFDS_DATA_DIR"),
+        shuffle_files=False,
+    )
+    mean, std = STATISTICS[name]
+    return image_pipeline(
+        dataset,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        training=split == "train" if augment is None else augment,
+        seed=seed,
+        cutout=cutout,
+        cache=cache,
+    )
