@@ -4,10 +4,18 @@
 using one of the sharpness-aware steps of `keras_rts.directions`.
 """
 
-from keras_rts import data, directions, models
+from keras_rts import callbacks, data, directions, models, schedules
 from keras_rts.directions import METHODS
 from keras_rts.model import RTSModel
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "RTSModel", "data", "directions", "models"]
+__all__ = [
+    "METHODS",
+    "RTSModel",
+    "callbacks",
+    "data",
+    "directions",
+    "models",
+    "schedules",
+]

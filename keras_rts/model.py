@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_rts import directions
+from keras_rts.timing_state import TimingState
 
 # Keras' own helper for the loss tracker (the same call as in its train_step).
 from keras.src.losses.loss import unscale_loss_for_distribution
@@ -93,9 +94,13 @@ class RTSModel(keras.Model):
 
     `radius`, `grad_scale` and `perturb` are variables of the model, so
     callbacks can assign them between steps without retracing. The logs
-    carry them, with `grad_evals` (forward/backward passes so far) and
+    carry them, with `grad_evals` (forward/backward passes so far),
     `skipped_steps` (steps whose loss or direction was not finite and were
-    not applied).
+    not applied), `grad_norm` (‖g‖ of the step's first pass) and
+    `perturb_start_epoch` (the epoch a timing trigger switched the
+    perturbation on, -1 before). What the timing triggers remember is kept
+    in `timing` (a `keras_rts.timing_state.TimingState`), saved with the
+    weights.
 
     Args:
         model: the `keras.Model` to train.
@@ -188,6 +193,7 @@ class RTSModel(keras.Model):
         self.skipped_steps = state(
             "skipped_steps", 0, "int64", "only_first_replica"
         )
+        self.timing = TimingState(name="timing")
         if model.built:
             self.built = True
 
@@ -274,6 +280,8 @@ class RTSModel(keras.Model):
         loss_scale = _loss_scale(self.optimizer)
         if loss_scale is not None:
             grads = [g / loss_scale for g in grads]
+        grad_norm = directions.global_norm(grads)
+        self.timing.record_grad_norm(grad_norm)
         direction = grads
         if self._method.name != "sgd":
             direction = tf.cond(
@@ -310,6 +318,10 @@ class RTSModel(keras.Model):
             perturb=tf.cast(method_on, "int32"),
             grad_evals=tf.convert_to_tensor(self.grad_evals),
             skipped_steps=tf.convert_to_tensor(self.skipped_steps),
+            grad_norm=grad_norm,
+            perturb_start_epoch=tf.convert_to_tensor(
+                self.timing.perturb_start_epoch
+            ),
         )
         return logs
 

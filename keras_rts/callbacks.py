@@ -1,0 +1,428 @@
+"""Keras callbacks for the RTS controls (SPEC §2): R, T and S.
+
+- `RadiusScheduler` and `GradScaleScheduler` assign `RTSModel.radius` and
+  `RTSModel.grad_scale` from a schedule, per epoch or per step (R and S).
+- `PerturbationWindow`, `GradNormVarianceTrigger` and
+  `GeneralizationGapTrigger` switch `RTSModel.perturb` on: plain one-pass
+  `sgd` steps before, the method's step after (T).
+- `rts(...)` returns the list for the combined method.
+
+The callbacks only assign variables of the model between steps, so the
+train function is traced once, whatever they do. What the triggers
+remember lives in the model (`RTSModel.timing`), so a run resumed with
+`keras.callbacks.BackupAndRestore` continues exactly where it stopped.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+
+from keras_rts import schedules
+from keras_rts.model import RTSModel
+from keras_rts.timing_state import GRAD_NORM_CAPACITY
+
+
+def _check_rts_model(callback, model):
+    if not isinstance(model, RTSModel):
+        raise ValueError(
+            f"{type(callback).__name__} must be used on a keras_rts.RTSModel,"
+            f" got a {type(model).__name__}: wrap the network first, "
+            "keras_rts.RTSModel(network, method=...)."
+        )
+
+
+def _check_int(name, value, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+        value < minimum
+    ):
+        raise ValueError(
+            f"{name} must be an integer ≥ {minimum}, got {value!r}."
+        )
+    return int(value)
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+class _VariableScheduler(keras.callbacks.Callback):
+    """Assigns one of the model's variables from a schedule."""
+
+    variable = None  # the RTSModel attribute this scheduler assigns
+
+    def __init__(self, schedule, per_step=False):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(
+                f"schedule must be callable (a keras_rts.schedules object, a "
+                f"keras.optimizers.schedules object or a function of the "
+                f"{'step' if per_step else 'epoch'}), got {schedule!r}."
+            )
+        self.schedule = schedule
+        self.per_step = bool(per_step)
+
+    def value(self, t):
+        """The schedule's value at epoch (or step) `t`, checked."""
+        value = self.schedule(t)
+        value = float(np.asarray(keras.ops.convert_to_numpy(value)))
+        if not math.isfinite(value) or value < 0:
+            unit = "step" if self.per_step else "epoch"
+            raise ValueError(
+                f"The {self.variable} schedule gave {value} at {unit} {t}: "
+                f"{self.variable} must be finite and non-negative."
+            )
+        return value
+
+    def on_train_begin(self, logs=None):
+        _check_rts_model(self, self.model)
+        epochs = self.params.get("epochs") or 1
+        steps = self.params.get("steps")
+        if self.per_step and not steps:
+            raise ValueError(
+                f"{type(self).__name__}(per_step=True) needs a known number "
+                "of steps per epoch: pass steps_per_epoch to fit()."
+            )
+        # Check the schedule before any step is taken.
+        for epoch in range(epochs):
+            self.value(epoch * steps if self.per_step else epoch)
+        if self.per_step:
+            self.value(epochs * steps - 1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if not self.per_step:
+            getattr(self.model, self.variable).assign(self.value(epoch))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.per_step:
+            step = self._epoch * self.params["steps"] + batch
+            getattr(self.model, self.variable).assign(self.value(step))
+
+
+class RadiusScheduler(_VariableScheduler):
+    """Sets `RTSModel.radius` (ρ) from a schedule of the epoch or step.
+
+    Args:
+        schedule: a `keras_rts.schedules` object, a
+            `keras.optimizers.schedules` object, or any callable of the
+            epoch (or step) returning a non-negative number.
+        per_step: evaluate the schedule at every step (the global step
+            `epoch · steps_per_epoch + batch`) instead of every epoch.
+
+    Example:
+
+    ```python
+    model.fit(data, epochs=200, callbacks=[
+        keras_rts.callbacks.RadiusScheduler(
+            keras_rts.schedules.Cosine(3.0, 0.1, period=200))])
+    ```
+    """
+
+    variable = "radius"
+
+
+class GradScaleScheduler(_VariableScheduler):
+    """Sets `RTSModel.grad_scale` (λ) from a schedule of the epoch or step.
+
+    Args:
+        schedule: as for `RadiusScheduler`.
+        per_step: as for `RadiusScheduler`.
+    """
+
+    variable = "grad_scale"
+
+
+class _Trigger(keras.callbacks.Callback):
+    """Switches the perturbation on; remembers when in `model.timing`."""
+
+    def on_train_begin(self, logs=None):
+        _check_rts_model(self, self.model)
+        self._check_epochs(self.params.get("epochs"))
+
+    def _check_epochs(self, epochs):
+        pass
+
+    @property
+    def perturb_start_epoch(self):
+        """The epoch from which the perturbation is on, or `None`."""
+        epoch = int(self.model.timing.perturb_start_epoch.numpy())
+        return None if epoch < 0 else epoch
+
+    def _started(self, epoch):
+        start = self.perturb_start_epoch
+        return start is not None and epoch >= start
+
+    def _switch_on_from(self, epoch):
+        self.model.timing.perturb_start_epoch.assign(epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.perturb.assign(self._started(epoch))
+
+
+class PerturbationWindow(_Trigger):
+    """Fixed timing: the perturbation is on from a start epoch (to an end).
+
+    Args:
+        start_epoch: first epoch (0-based) of the method's steps.
+        start_fraction: or the start as a fraction of the epochs of `fit`:
+            `start_epoch = floor(start_fraction · epochs)`.
+        end_epoch: optional first epoch after the window (back to `sgd`).
+        epochs: the number of epochs, to check the bounds at construction;
+            otherwise they are checked when training begins.
+
+    Example:
+
+    ```python
+    # SGD for epochs 0–99, PUGD for 100–199.
+    keras_rts.callbacks.PerturbationWindow(start_epoch=100)
+    ```
+    """
+
+    def __init__(self, start_epoch=None, start_fraction=None, end_epoch=None,
+                 epochs=None):
+        super().__init__()
+        if (start_epoch is None) == (start_fraction is None):
+            raise ValueError(
+                "Give exactly one of start_epoch and start_fraction, got "
+                f"start_epoch={start_epoch!r}, "
+                f"start_fraction={start_fraction!r}."
+            )
+        if start_epoch is not None:
+            _check_int("start_epoch", start_epoch)
+        if start_fraction is not None and not (
+            isinstance(start_fraction, numbers.Real)
+            and 0 <= start_fraction < 1
+        ):
+            raise ValueError(
+                f"start_fraction must be in [0, 1), got {start_fraction!r}."
+            )
+        if end_epoch is not None:
+            _check_int("end_epoch", end_epoch, minimum=1)
+        self.start_epoch = start_epoch
+        self.start_fraction = start_fraction
+        self.end_epoch = end_epoch
+        if epochs is not None:
+            self._check_epochs(_check_int("epochs", epochs, minimum=1))
+
+    def start(self, epochs):
+        """The start epoch for a run of `epochs` epochs."""
+        if self.start_epoch is not None:
+            return self.start_epoch
+        return int(math.floor(self.start_fraction * epochs))
+
+    def _check_epochs(self, epochs):
+        if epochs is None:
+            return
+        start = self.start(epochs)
+        if not 0 <= start < epochs:
+            raise ValueError(
+                f"start_epoch={start} is outside [0, epochs={epochs}): the "
+                "perturbation would never switch on."
+            )
+        if self.end_epoch is not None and not start < self.end_epoch <= epochs:
+            raise ValueError(
+                f"end_epoch={self.end_epoch} must be in (start_epoch={start}, "
+                f"epochs={epochs}]."
+            )
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._start = self.start(self.params["epochs"])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self._start and self.perturb_start_epoch is None:
+            self._switch_on_from(self._start)
+        end = self.end_epoch
+        self.model.perturb.assign(
+            self._start <= epoch and (end is None or epoch < end)
+        )
+
+
+class GradNormVarianceTrigger(_Trigger):
+    """Adaptive timing on the variance of the per-step gradient norm.
+
+    The train step records ‖g‖ at every step. At the end of epoch `t0` the
+    threshold is `gamma · var(all norms so far)`; at the end of every later
+    epoch, once the variance of the last `k` norms is below the threshold,
+    the perturbation switches on from the next epoch. Variances are
+    population variances.
+
+    Args:
+        t0: the epoch (0-based) at whose end the threshold is taken.
+        gamma: factor of the threshold.
+        k: how many recent steps the compared variance covers (at most
+            `keras_rts.timing_state.GRAD_NORM_CAPACITY`).
+    """
+
+    def __init__(self, t0=5, gamma=0.5, k=100):
+        super().__init__()
+        self.t0 = _check_int("t0", t0)
+        self.gamma = _check_positive("gamma", gamma)
+        self.k = _check_int("k", k, minimum=2)
+        if self.k > GRAD_NORM_CAPACITY:
+            raise ValueError(
+                f"k must be at most {GRAD_NORM_CAPACITY} (the gradient norms "
+                f"kept), got {k}."
+            )
+
+    def _check_epochs(self, epochs):
+        if epochs is not None and self.t0 >= epochs - 1:
+            raise ValueError(
+                f"t0={self.t0} leaves no epoch to switch in a run of "
+                f"epochs={epochs}: t0 must be below {epochs - 1}."
+            )
+
+    @property
+    def threshold(self):
+        """The threshold, once taken at epoch `t0`, else `None`."""
+        value = float(self.model.timing.threshold.numpy())
+        return None if math.isnan(value) else value
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.perturb_start_epoch is not None:
+            return
+        timing = self.model.timing
+        if epoch == self.t0:
+            timing.threshold.assign(
+                self.gamma * timing.grad_norm_variance()
+            )
+        elif epoch > self.t0 and self.threshold is not None:
+            recent = timing.last_grad_norms(self.k)
+            if len(recent) == self.k and np.var(recent) < self.threshold:
+                self._switch_on_from(epoch + 1)
+
+
+class GeneralizationGapTrigger(_Trigger):
+    """Adaptive timing on the generalization gap |val_loss − loss|.
+
+    Over the first `xi` epochs the gaps are averaged, and `base = mean · mu`.
+    Afterwards, at the end of every `t`-th epoch, once the current gap
+    exceeds `base` the perturbation switches on from the next epoch. Needs
+    `validation_data` in `fit`.
+
+    Args:
+        xi: number of epochs whose gaps make the base.
+        mu: factor of the base.
+        t: check every `t` epochs after the first `xi`.
+    """
+
+    def __init__(self, xi=5, mu=2.0, t=1):
+        super().__init__()
+        self.xi = _check_int("xi", xi, minimum=1)
+        self.mu = _check_positive("mu", mu)
+        self.t = _check_int("t", t, minimum=1)
+
+    def _check_epochs(self, epochs):
+        if epochs is not None and self.xi >= epochs:
+            raise ValueError(
+                f"xi={self.xi} leaves no epoch to switch in a run of "
+                f"epochs={epochs}: xi must be below {epochs}."
+            )
+
+    @property
+    def base(self):
+        """The base gap, once the first `xi` epochs are averaged."""
+        value = float(self.model.timing.threshold.numpy())
+        return None if math.isnan(value) else value
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_loss" not in logs or "loss" not in logs:
+            raise ValueError(
+                "GeneralizationGapTrigger needs val_loss in the logs: pass "
+                "validation_data to fit()."
+            )
+        if self.perturb_start_epoch is not None:
+            return
+        timing = self.model.timing
+        gap = abs(float(logs["val_loss"]) - float(logs["loss"]))
+        if epoch < self.xi:
+            timing.gap_sum.assign_add(gap)
+            timing.gap_count.assign_add(1)
+            if epoch == self.xi - 1:
+                mean = float(timing.gap_sum.numpy()) / int(
+                    timing.gap_count.numpy()
+                )
+                timing.threshold.assign(mean * self.mu)
+        elif (epoch - self.xi + 1) % self.t == 0 and gap > self.base:
+            self._switch_on_from(epoch + 1)
+
+
+def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
+        end_epoch=None, grad_scale=(1.0, 1.0), radius_shape="cosine",
+        grad_scale_shape="linear", timing=None, steps_per_epoch=None):
+    """The callbacks of the combined method, RTS = R + T + S.
+
+    Defaults, and why: ρ anneals by a cosine from 3 to 0.1 over the run (a
+    wide radius while the loss surface is rough, a narrow one to settle);
+    plain SGD runs the first half (where PUGD is slower than SGD and costs
+    twice as much), PUGD the second half (where it overtakes), so a run
+    costs 1.5× SGD instead of 2×; λ stays at PUGD's 1.
+
+    Args:
+        epochs: the number of epochs of the run.
+        radius: `(first, last)` values of ρ.
+        start_epoch: epoch from which the perturbation is on.
+        start_fraction: or the start as a fraction of `epochs` (0.5 when
+            neither is given).
+        end_epoch: optional epoch from which it is off again.
+        grad_scale: `(first, last)` values of λ.
+        radius_shape: shape of ρ over the run, one of
+            `keras_rts.schedules.SHAPES`.
+        grad_scale_shape: shape of λ over the run.
+        timing: instead of the fixed window, a trigger callback
+            (`GradNormVarianceTrigger`, `GeneralizationGapTrigger`).
+        steps_per_epoch: if given, ρ and λ change at every step (their
+            shapes run over `epochs · steps_per_epoch` steps) instead of
+            every epoch.
+
+    Returns:
+        A list of callbacks for `model.fit`.
+
+    Example:
+
+    ```python
+    model.fit(train, epochs=200, validation_data=test,
+              callbacks=keras_rts.callbacks.rts(epochs=200,
+                                                radius=(3.0, 0.1),
+                                                start_epoch=100))
+    ```
+    """
+    epochs = _check_int("epochs", epochs, minimum=1)
+    for name, pair in (("radius", radius), ("grad_scale", grad_scale)):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(
+                f"{name} must be a (first, last) pair, got {pair!r}."
+            )
+    if timing is None:
+        if start_epoch is None and start_fraction is None:
+            start_fraction = 0.5
+        timing = PerturbationWindow(start_epoch, start_fraction, end_epoch,
+                                    epochs=epochs)
+    elif not isinstance(timing, _Trigger) or (
+        start_epoch, start_fraction, end_epoch) != (None, None, None):
+        raise ValueError(
+            "timing must be a trigger callback, and replaces start_epoch, "
+            f"start_fraction and end_epoch; got timing={timing!r}."
+        )
+    else:
+        timing._check_epochs(epochs)
+    per_step = steps_per_epoch is not None
+    duration = epochs
+    if per_step:
+        duration *= _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+    return [
+        RadiusScheduler(
+            schedules.get(radius_shape, *radius, duration=duration),
+            per_step=per_step),
+        GradScaleScheduler(
+            schedules.get(grad_scale_shape, *grad_scale, duration=duration),
+            per_step=per_step),
+        timing,
+    ]
