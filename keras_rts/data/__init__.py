@@ -1,5 +1,67 @@
-"""Input pipelines of the recipes, importable for users' own scripts."""
+"""Input pipelines of the recipes, importable for users' own scripts.
 
+`load(name, split)` gives any recipe dataset by name: `"cifar10"`,
+`"cifar100"` (through tensorflow-datasets; `data_dir` is a prepared TFDS
+folder) or `"tiny_imagenet"` (`data_dir` is the dataset folder in its
+standard layout). `split` is `"train"` or `"test"`.
+"""
+
+from keras_rts.data import tiny_imagenet as tiny_imagenet_module
 from keras_rts.data.cifar import cifar
+from keras_rts.data.tiny_imagenet import tiny_imagenet
 
-__all__ = ["cifar"]
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
+
+
+def _check(name):
+    if name not in DATASETS:
+        raise ValueError(
+            f"Unknown dataset name={name!r}: expected one of {DATASETS}."
+        )
+
+
+def shape(name, data_dir=None):
+    """`(num_classes, input_shape)` of a dataset.
+
+    Args:
+        name: one of `DATASETS`.
+        data_dir: for `"tiny_imagenet"`, the dataset folder (its class
+            count is that of `wnids.txt`).
+    """
+    _check(name)
+    if name == "tiny_imagenet":
+        if data_dir is None:
+            raise ValueError("tiny_imagenet needs data_dir, its folder.")
+        return tiny_imagenet_module.num_classes(data_dir), (64, 64, 3)
+    return {"cifar10": 10, "cifar100": 100}[name], (32, 32, 3)
+
+
+def load(name, split, *, data_dir=None, **kwargs):
+    """A recipe dataset's `"train"` or `"test"` split.
+
+    Args:
+        name: one of `DATASETS`.
+        split: `"train"` or `"test"` (Tiny ImageNet's test set is its
+            labelled `val/` folder).
+        data_dir: a prepared TFDS folder (CIFAR), or the Tiny ImageNet
+            folder.
+        **kwargs: passed to `cifar` or `tiny_imagenet` (`batch_size`,
+            `train_examples`, `seed`, `cutout`, `epochs`, …).
+
+    Returns:
+        A batched `tf.data.Dataset` of `(images, labels)`.
+    """
+    _check(name)
+    if split not in ("train", "test"):
+        raise ValueError(
+            f"Unknown split={split!r}: expected 'train' or 'test'."
+        )
+    if name == "tiny_imagenet":
+        if data_dir is None:
+            raise ValueError("tiny_imagenet needs data_dir, its folder.")
+        return tiny_imagenet(
+            data_dir, "train" if split == "train" else "val", **kwargs)
+    return cifar(name, split, data_dir=data_dir, **kwargs)
+
+
+__all__ = ["DATASETS", "cifar", "load", "shape", "tiny_imagenet"]

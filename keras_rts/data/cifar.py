@@ -17,7 +17,7 @@ SPLITS = ("train", "validation", "test")
 
 def cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
           train_examples=None, validation_examples=0, augment=None,
-          cutout=0, seed=0, cache=True):
+          cutout=0, seed=0, cache=True, epochs=None, initial_epoch=0):
     """Loads a CIFAR split as a batched, normalised `tf.data.Dataset`.
 
     The data comes from `tfds.load`, which reads a prepared TFDS folder
@@ -37,7 +37,10 @@ def cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
             for `"train"` and false otherwise.
         cutout: side of a cutout square (0: none).
         seed: seed of shuffling and augmentation.
-        cache: cache the normalised images in memory.
+        cache: cache the images in memory.
+        epochs: for training, make the epochs `initial_epoch … epochs − 1`
+            explicit (see `keras_rts.data.pipeline.image_pipeline`).
+        initial_epoch: the first epoch of a resumed run.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)` batches: float32 images of
@@ -66,6 +69,8 @@ def cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
             "validation split is carved from the training images."
         )
     kept = TRAIN_SIZE - validation_examples
+    size = {"train": train_examples or kept, "validation": validation_examples,
+            "test": 10_000}[split]
     if train_examples is not None and not 0 < train_examples <= kept:
         raise ValueError(
             f"train_examples must be in (0, {kept}], got {train_examples!r}."
@@ -92,4 +97,7 @@ def cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
         seed=seed,
         cutout=cutout,
         cache=cache,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        size=size,
     )

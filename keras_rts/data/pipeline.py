@@ -4,55 +4,94 @@ import tensorflow as tf
 
 from keras_rts.data import augment as augment_lib
 
+_EPOCH_STRIDE = 1 << 32  # keeps (epoch, example) seeds distinct
+
 
 def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
-                   cutout=0, cache=True):
-    """Normalises, caches, shuffles, augments, batches and prefetches.
+                   cutout=0, cache=True, epochs=None, initial_epoch=0,
+                   size=None):
+    """Caches, shuffles, normalises, augments, batches and prefetches.
+
+    Training data is random in two ways, both keyed by `(seed, epoch)`: the
+    order of the examples and their augmentation. With `epochs` given, the
+    dataset holds the epochs `initial_epoch … epochs − 1` one after the
+    other (pass `steps_per_epoch` to `fit`), so a run resumed at epoch `k`
+    sees exactly the batches the uninterrupted run saw from epoch `k` on.
+    Without it, the dataset is one epoch, new each time it is iterated.
 
     Args:
         dataset: a `tf.data.Dataset` of `(uint8 image, label)` pairs.
         mean: per-channel mean of the training images, in [0, 1].
         std: per-channel standard deviation, in [0, 1].
         batch_size: examples per batch.
-        training: if true, shuffle each epoch, augment (4-pixel pad and
-            crop, horizontal flip, optional cutout) and drop the last
-            partial batch.
+        training: if true, shuffle, augment (4-pixel pad and crop,
+            horizontal flip, optional cutout) and drop the last partial
+            batch.
         seed: seed of the shuffle and of the augmentation.
         cutout: side of the cutout square; 0 disables cutout.
-        cache: cache the normalised images in memory.
+        cache: keep the (uint8) images in memory after the first read.
+        epochs: for training, the number of epochs of the run.
+        initial_epoch: the first epoch the dataset holds.
+        size: number of examples, if known.
 
     Returns:
         A batched `tf.data.Dataset` of `(float32 image, int32 label)`.
     """
     autotune = tf.data.AUTOTUNE
     dataset = dataset.map(
-        lambda image, label: (
-            augment_lib.normalize(image, mean, std),
-            tf.cast(label, tf.int32),
-        ),
+        lambda image, label: (image, tf.cast(label, tf.int32)),
         num_parallel_calls=autotune,
     )
-    if cache:
-        dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(
-            10_000, seed=seed, reshuffle_each_iteration=True
-        )
-        seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds))
 
-        def augment(example, example_seed):
-            image, label = example
+    def normalize(image, label):
+        return augment_lib.normalize(image, mean, std), label
+
+    if not training:
+        if cache:
+            dataset = dataset.cache()
+        dataset = dataset.map(normalize, num_parallel_calls=autotune)
+        return dataset.batch(batch_size).prefetch(autotune)
+
+    # The whole split as one element: each epoch is a stateless permutation
+    # of it, keyed by (seed, epoch) alone (no global-seed state involved).
+    everything = dataset.batch(size or 1 << 31)
+    if cache:
+        everything = everything.cache()
+
+    def one_epoch(epoch):
+        epoch = tf.cast(epoch, tf.int64)
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+
+        def permute(images, labels):
+            order = tf.argsort(tf.random.stateless_uniform(
+                tf.shape(labels), seed=key))
+            return tf.gather(images, order), tf.gather(labels, order)
+
+        def augment(index, example):
+            image, label = normalize(*example)
             crop_seed, cutout_seed = tf.unstack(
-                tf.random.experimental.stateless_split(example_seed, num=2)
+                tf.random.experimental.stateless_split(
+                    tf.stack([tf.constant(seed, tf.int64),
+                              epoch * _EPOCH_STRIDE + index]),
+                    num=2,
+                )
             )
             image = augment_lib.pad_crop_flip(image, crop_seed)
             if cutout:
                 image = augment_lib.cutout(image, cutout_seed, cutout)
             return image, label
 
-        dataset = dataset.map(augment, num_parallel_calls=autotune)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
-    return dataset.prefetch(autotune)
+        return (
+            everything.map(permute).unbatch().enumerate()
+            .map(augment, num_parallel_calls=autotune)
+            .batch(batch_size, drop_remainder=True)
+        )
+
+    if epochs is None:
+        # A new epoch key each time the dataset is iterated.
+        keys = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).take(1)
+    else:
+        keys = tf.data.Dataset.range(initial_epoch, epochs)
+    return keys.flat_map(one_epoch).prefetch(autotune)

@@ -1,0 +1,163 @@
+"""Tiny ImageNet from its standard directory layout.
+
+```
+root/
+  wnids.txt                      class ids, one a line (their order = labels)
+  train/<wnid>/images/*.JPEG     training images, 64×64
+  val/images/*.JPEG              validation images
+  val/val_annotations.txt        file <TAB> wnid <TAB> box
+```
+
+The full dataset (200 classes) and any subset in the same layout load the
+same way. The labels of the original `test/` folder are not public, so the
+validation folder is the test set of published results.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_rts.data.pipeline import image_pipeline
+
+MEAN = (0.4802, 0.4481, 0.3975)
+STD = (0.2302, 0.2265, 0.2262)
+IMAGE_SIZE = 64
+SPLITS = ("train", "val")
+
+
+def _require(path, what):
+    if not os.path.exists(path):
+        raise ValueError(f"Tiny ImageNet: {what} is missing: {path}")
+
+
+def read_wnids(root):
+    """The class ids of `root/wnids.txt`, in file order."""
+    path = os.path.join(root, "wnids.txt")
+    _require(root, "the dataset folder")
+    _require(path, "the class list wnids.txt")
+    with open(path) as f:
+        wnids = [line.strip() for line in f if line.strip()]
+    if not wnids:
+        raise ValueError(f"Tiny ImageNet: {path} lists no classes.")
+    return wnids
+
+
+def list_files(root, split):
+    """Image paths and labels of a split, checked against the layout.
+
+    Args:
+        root: the dataset folder.
+        split: `"train"` or `"val"`.
+
+    Returns:
+        `(paths, labels)`: a list of file paths and an int32 array.
+
+    Raises:
+        ValueError: naming the path and what is missing or wrong.
+    """
+    if split not in SPLITS:
+        raise ValueError(
+            f"Unknown split={split!r} for Tiny ImageNet: expected one of "
+            f"{SPLITS}."
+        )
+    wnids = read_wnids(root)
+    label_of = {wnid: i for i, wnid in enumerate(wnids)}
+    paths, labels = [], []
+    if split == "train":
+        for wnid in wnids:
+            folder = os.path.join(root, "train", wnid, "images")
+            _require(folder, f"the training folder of class {wnid}")
+            files = sorted(f for f in os.listdir(folder)
+                           if f.lower().endswith((".jpeg", ".jpg")))
+            if not files:
+                raise ValueError(
+                    f"Tiny ImageNet: the training folder of class {wnid} "
+                    f"holds no JPEG images: {folder}"
+                )
+            paths += [os.path.join(folder, f) for f in files]
+            labels += [label_of[wnid]] * len(files)
+    else:
+        annotations = os.path.join(root, "val", "val_annotations.txt")
+        _require(annotations, "the validation labels val_annotations.txt")
+        images = os.path.join(root, "val", "images")
+        with open(annotations) as f:
+            for number, line in enumerate(f, 1):
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) < 2:
+                    raise ValueError(
+                        f"Tiny ImageNet: line {number} of {annotations} is "
+                        f"not 'file<TAB>wnid<TAB>…': {line!r}"
+                    )
+                name, wnid = fields[0], fields[1]
+                if wnid not in label_of:
+                    raise ValueError(
+                        f"Tiny ImageNet: line {number} of {annotations} "
+                        f"names class {wnid}, which is not in wnids.txt."
+                    )
+                path = os.path.join(images, name)
+                _require(path, f"the image of line {number} of {annotations}")
+                paths.append(path)
+                labels.append(label_of[wnid])
+        if not paths:
+            raise ValueError(f"Tiny ImageNet: {annotations} is empty.")
+    return paths, np.asarray(labels, np.int32)
+
+
+def _decode(path, label):
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    image = tf.image.resize_with_crop_or_pad(image, IMAGE_SIZE, IMAGE_SIZE)
+    return image, label
+
+
+def tiny_imagenet(root, split="train", *, batch_size=128, train_examples=None,
+                  augment=None, cutout=0, seed=0, cache=True, epochs=None,
+                  initial_epoch=0):
+    """Loads a Tiny ImageNet split as a batched, normalised `tf.data.Dataset`.
+
+    Args:
+        root: the dataset folder (the standard layout above).
+        split: `"train"` or `"val"`.
+        batch_size: examples per batch.
+        train_examples: if set, a fixed random subset of this many training
+            images (the same subset for every seed).
+        augment: 4-pixel pad-and-crop and horizontal flip of the 64×64
+            images; defaults to true for `"train"`.
+        cutout: side of a cutout square (0: none).
+        seed: seed of shuffling and augmentation.
+        cache: cache the decoded, normalised images in memory.
+        epochs: for training, make the epochs `initial_epoch … epochs − 1`
+            explicit (see `keras_rts.data.pipeline.image_pipeline`).
+        initial_epoch: the first epoch of a resumed run.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)`: float32 images of shape
+        `(batch, 64, 64, 3)` (grayscale JPEGs get 3 channels), int32 labels.
+
+    Raises:
+        ValueError: for a wrong or incomplete folder, naming what is missing.
+    """
+    paths, labels = list_files(root, split)
+    if split == "train" and train_examples is not None:
+        if not 0 < train_examples <= len(paths):
+            raise ValueError(
+                f"train_examples must be in (0, {len(paths)}], got "
+                f"{train_examples!r}."
+            )
+        keep = np.sort(np.random.default_rng(0).permutation(len(paths))[
+            :train_examples])
+        paths = [paths[i] for i in keep]
+        labels = labels[keep]
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+        _decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return image_pipeline(
+        dataset, mean=MEAN, std=STD, batch_size=batch_size,
+        training=split == "train" if augment is None else augment,
+        seed=seed, cutout=cutout, cache=cache, epochs=epochs,
+        initial_epoch=initial_epoch, size=len(paths),
+    )
+
+
+def num_classes(root):
+    """The number of classes listed in `root/wnids.txt`."""
+    return len(read_wnids(root))

@@ -1,0 +1,464 @@
+"""What every recipe shares: a training run from its settings, and its artefacts.
+
+A run is described by `Settings` (one field per command-line flag, the same
+names) and carried out by `run`, which writes into its output folder:
+
+- `settings.json`: the settings, written first;
+- `history.csv`: one row per epoch (Keras' `CSVLogger`), with train and
+  test loss and top-1, `radius`, `grad_scale`, `perturb`, `grad_evals`,
+  `perturb_start_epoch` and the cumulative `wall_time`;
+- `summary.json`: method, settings, seed, final and best test top-1, wall
+  time, gradient evaluations, the epoch the perturbation switched on, and
+  library versions — written last, so its presence marks a finished run;
+- `curves.png`: accuracy and loss against epoch and gradient evaluations,
+  ρ and λ against epoch;
+- `backup/`: Keras' `BackupAndRestore` state while the run is unfinished.
+
+A finished run is never overwritten; an unfinished one is continued only
+with `resume=True`, and then ends exactly as an uninterrupted run would.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from typing import Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_rts import callbacks as rts_callbacks
+from keras_rts import data as data_lib
+from keras_rts import directions
+from keras_rts import models as models_lib
+from keras_rts import plots
+from keras_rts import schedules
+from keras_rts.model import RTSModel
+
+METHODS = ("sgd", "ugd", "sam", "asam", "pugd", "r", "t", "s", "rts")
+"""The recipes' methods: the steps of SPEC §1, and PUGD with R, T, S, RTS."""
+
+TIMINGS = ("fixed", "variance", "gap")
+
+DEFAULT_RADIUS = {
+    "sgd": (0.0,), "ugd": (0.0,), "sam": (0.05,), "asam": (0.5,),
+    "pugd": (1.0,), "t": (1.0,), "s": (1.0,), "r": (3.0, 0.1),
+    "rts": (3.0, 0.1),
+}
+"""ρ by method: SAM's CIFAR value (Foret et al.), ASAM's (Kwon et al.),
+PUGD's fixed 1, and the RTS cosine from 3 to 0.1."""
+
+DEFAULT_GRAD_SCALE = (1.0, 0.5)
+"""λ for `s` and `rts`: from PUGD's 1 down to 0.5 over the run."""
+
+PRESETS = {
+    "paper": dict(model="resnet18", epochs=200, batch_size=128, lr=0.1,
+                  train_examples=None),
+    "cpu": dict(model="small_resnet", epochs=10, batch_size=128, lr=0.1,
+                train_examples=5000),
+}
+"""`paper`: the published CIFAR setup. `cpu`: minutes on 2 CPU cores."""
+
+
+def _field(default, help, **kwargs):
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything that defines a run; each field is a recipe flag."""
+
+    dataset: str = _field("cifar10", "dataset", choices=data_lib.DATASETS)
+    method: str = _field("pugd", "training method", choices=METHODS)
+    model: str = _field("resnet18", "network", choices=models_lib.MODELS)
+    epochs: int = _field(200, "epochs of the run")
+    batch_size: int = _field(128, "examples per batch")
+    lr: float = _field(0.1, "peak learning rate (cosine decay to 0)")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(
+        5e-4, "coupled L2 weight decay, as in the published recipes")
+    seed: int = _field(0, "seed of initialisation, order and augmentation")
+    train_examples: Optional[int] = _field(
+        None, "train on this many training images (a subset)")
+    data_dir: Optional[str] = _field(
+        None, "prepared TFDS folder (CIFAR; default TFDS_DATA_DIR) or the "
+        "Tiny ImageNet folder")
+    cutout: int = _field(0, "side of the cutout square (0: none)")
+    radius: Optional[Tuple[float, ...]] = _field(
+        None, "ρ: one value, or first and last for methods r and rts "
+        "(default by method: sam 0.05, asam 0.5, pugd/t/s 1, r/rts 3 0.1)",
+        nargs="+")
+    radius_shape: str = _field("cosine", "shape of ρ for r and rts",
+                               choices=schedules.SHAPES)
+    grad_scale: Optional[Tuple[float, ...]] = _field(
+        None, "λ: one value, or first and last for methods s and rts "
+        "(default: the method's λ; s/rts 1 0.5)", nargs="+")
+    grad_scale_shape: str = _field("linear", "shape of λ for s and rts",
+                                   choices=schedules.SHAPES)
+    timing: str = _field("fixed", "trigger of the perturbation for t and rts",
+                         choices=TIMINGS)
+    start_fraction: Optional[float] = _field(
+        None, "fixed timing: start as a fraction of the epochs (default 0.5)")
+    start_epoch: Optional[int] = _field(None, "fixed timing: start epoch")
+    end_epoch: Optional[int] = _field(None, "fixed timing: end epoch")
+    variance_t0: int = _field(5, "variance timing: epoch of the threshold")
+    variance_gamma: float = _field(0.5, "variance timing: threshold factor")
+    variance_k: int = _field(100, "variance timing: steps compared")
+    gap_xi: int = _field(5, "gap timing: epochs averaged for the base")
+    gap_mu: float = _field(2.0, "gap timing: base factor")
+    gap_t: int = _field(1, "gap timing: check every this many epochs")
+    jit_compile: bool = _field(False, "compile the step with XLA")
+
+    def method_radius(self):
+        return tuple(self.radius or DEFAULT_RADIUS[self.method])
+
+    def method_grad_scale(self):
+        if self.grad_scale:
+            return tuple(self.grad_scale)
+        if self.method in ("s", "rts"):
+            return DEFAULT_GRAD_SCALE
+        return (None,)  # the method's own λ
+
+
+def _error(flag, message):
+    return ValueError(f"--{flag.replace('_', '-')}: {message}")
+
+
+def validate(settings):
+    """Checks the settings before any work; raises `ValueError` naming a flag."""
+    s = settings
+    for name in ("dataset", "method", "model", "radius_shape",
+                 "grad_scale_shape", "timing"):
+        choices = Settings.__dataclass_fields__[name].metadata["choices"]
+        if getattr(s, name) not in choices:
+            raise _error(name, f"{getattr(s, name)!r} is not one of "
+                         f"{list(choices)}")
+    for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t"):
+        if getattr(s, name) < 1:
+            raise _error(name, f"must be ≥ 1, got {getattr(s, name)}")
+    for name in ("lr", "momentum", "weight_decay"):
+        value = getattr(s, name)
+        if not math.isfinite(value) or value < 0:
+            raise _error(name, f"must be finite and ≥ 0, got {value}")
+    if s.train_examples is not None and s.train_examples < s.batch_size:
+        raise _error("train_examples", f"{s.train_examples} is fewer than "
+                     f"one batch of {s.batch_size}")
+    scheduled = {"radius": ("r", "rts"), "grad_scale": ("s", "rts")}
+    pairs = {"radius": s.method_radius(), "grad_scale": s.method_grad_scale()}
+    for name, values in pairs.items():
+        wanted = 2 if s.method in scheduled[name] else 1
+        if len(values) != wanted:
+            raise _error(name, f"method {s.method} takes "
+                         f"{'first and last values' if wanted == 2 else 'one value'}"
+                         f", got {list(values)}")
+        for value in values:
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise _error(name, f"must be finite and ≥ 0, got {value}")
+    method_plan(s)  # builds the callbacks: checks shapes, orders, epochs
+    if s.dataset == "tiny_imagenet" and not s.data_dir:
+        raise _error("data_dir", "tiny_imagenet needs its folder")
+
+
+def _trigger(s):
+    if s.timing == "variance":
+        return rts_callbacks.GradNormVarianceTrigger(
+            t0=s.variance_t0, gamma=s.variance_gamma, k=s.variance_k)
+    if s.timing == "gap":
+        return rts_callbacks.GeneralizationGapTrigger(
+            xi=s.gap_xi, mu=s.gap_mu, t=s.gap_t)
+    start_fraction = s.start_fraction
+    if s.start_epoch is None and start_fraction is None:
+        start_fraction = 0.5
+    return rts_callbacks.PerturbationWindow(
+        s.start_epoch, start_fraction, s.end_epoch, epochs=s.epochs)
+
+
+def method_plan(s):
+    """The `RTSModel` arguments and the callbacks of the settings' method.
+
+    Returns:
+        `(model_kwargs, callbacks)`.
+    """
+    radius, grad_scale = s.method_radius(), s.method_grad_scale()
+    base = s.method if s.method in directions.METHODS else "pugd"
+    kwargs = dict(method=base, radius=radius[0], grad_scale=grad_scale[0],
+                  weight_decay=s.weight_decay)
+    callbacks = []
+    if s.method in ("r", "rts"):
+        callbacks.append(rts_callbacks.RadiusScheduler(
+            schedules.get(s.radius_shape, *radius, duration=s.epochs)))
+    if s.method in ("s", "rts"):
+        callbacks.append(rts_callbacks.GradScaleScheduler(
+            schedules.get(s.grad_scale_shape, *grad_scale,
+                          duration=s.epochs)))
+    if s.method in ("t", "rts"):
+        callbacks.append(_trigger(s))
+    return kwargs, callbacks
+
+
+class WallClock(keras.callbacks.Callback):
+    """Adds `wall_time`, seconds since the run began, to the epoch logs.
+
+    Args:
+        offset: seconds already spent by earlier sessions of the run.
+    """
+
+    def __init__(self, offset=0.0):
+        super().__init__()
+        self.offset = offset
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["wall_time"] = self.offset + time.perf_counter() - self._start
+
+
+def read_history(path):
+    """The rows of a run's `history.csv`, as dicts of strings."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_history(path, rows):
+    with open(path, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _backup_epoch(backup_dir):
+    """The epoch `BackupAndRestore` resumes from (0 without a backup)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
+
+
+def versions():
+    import tensorflow_datasets as tfds
+
+    import keras_rts
+
+    return {"keras_rts": keras_rts.__version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__, "tensorflow_datasets":
+            tfds.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _summary(settings, rows, final, wall_time, grad_evals):
+    has_second_pass = settings.method not in ("sgd", "ugd")
+    started = [int(float(r["epoch"])) for r in rows
+               if float(r["perturb"]) > 0]
+    accuracies = [float(r["val_accuracy"]) for r in rows]
+    return {
+        "method": settings.method,
+        "dataset": settings.dataset,
+        "seed": settings.seed,
+        "settings": dataclasses.asdict(settings),
+        "final_test_top1": final,
+        "best_test_top1": max(accuracies),
+        "best_epoch": int(np.argmax(accuracies)),
+        "wall_time_seconds": wall_time,
+        "grad_evals": grad_evals,
+        "perturb_start_epoch": (min(started) if started and has_second_pass
+                                else None),
+        "epochs": len(rows),
+        "versions": versions(),
+    }
+
+
+def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
+        tensorboard=False):
+    """Trains one run and writes its artefacts into `output_dir`.
+
+    Args:
+        settings: the run's `Settings`.
+        output_dir: the run's folder.
+        resume: continue an unfinished run in `output_dir` from its last
+            finished epoch.
+        verbose: Keras' `fit` verbosity (progress bars by default).
+        callbacks: more Keras callbacks for `fit`, run after the run's own.
+        tensorboard: also log to TensorBoard, in `output_dir/tensorboard`.
+
+    Returns:
+        The summary (also written to `summary.json`).
+
+    Raises:
+        ValueError: bad settings, a folder that holds a finished run, an
+            unfinished run without `resume`, or settings that differ from
+            those of the run being resumed.
+    """
+    validate(settings)
+    paths = {name: os.path.join(output_dir, name) for name in (
+        "settings.json", "history.csv", "summary.json", "curves.png",
+        "backup")}
+    if os.path.exists(paths["summary.json"]):
+        raise ValueError(
+            f"{output_dir} already holds a finished run (summary.json); "
+            "choose another output folder — nothing was overwritten.")
+    settings_dict = dataclasses.asdict(settings)
+    started = os.path.exists(paths["settings.json"])
+    if started and not resume:
+        raise ValueError(
+            f"{output_dir} holds an unfinished run: pass --resume to "
+            "continue it, or choose another output folder.")
+    if started:
+        with open(paths["settings.json"]) as f:
+            saved = json.load(f)
+        saved = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in saved.items()}
+        changed = {k for k in settings_dict if saved.get(k) != settings_dict[k]}
+        if changed:
+            raise ValueError(
+                f"Cannot resume {output_dir}: its settings differ in "
+                f"{sorted(changed)}.")
+    os.makedirs(output_dir, exist_ok=True)
+    with open(paths["settings.json"], "w") as f:
+        json.dump(settings_dict, f, indent=2)
+
+    initial_epoch = _backup_epoch(paths["backup"]) if resume else 0
+    rows = [r for r in read_history(paths["history.csv"])
+            if int(r["epoch"]) < initial_epoch]
+    _write_history(paths["history.csv"], rows)
+    offset = float(rows[-1]["wall_time"]) if rows else 0.0
+
+    s = settings
+    keras.utils.set_random_seed(s.seed)
+    num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
+    train = data_lib.load(
+        s.dataset, "train", data_dir=s.data_dir, batch_size=s.batch_size,
+        train_examples=s.train_examples, cutout=s.cutout, seed=s.seed,
+        epochs=s.epochs, initial_epoch=initial_epoch)
+    test = data_lib.load(s.dataset, "test", data_dir=s.data_dir,
+                         batch_size=500)
+    steps = _steps_per_epoch(s)
+    model_kwargs, method_callbacks = method_plan(s)
+    model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
+                     **model_kwargs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            keras.optimizers.schedules.CosineDecay(s.lr, s.epochs * steps),
+            momentum=s.momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=s.jit_compile,
+    )
+    model.fit(
+        train, epochs=s.epochs, steps_per_epoch=steps, validation_data=test,
+        verbose=verbose, shuffle=False,  # the dataset shuffles itself
+        callbacks=method_callbacks + [
+            keras.callbacks.BackupAndRestore(paths["backup"]),
+            WallClock(offset),
+            keras.callbacks.CSVLogger(paths["history.csv"], append=True),
+        ] + ([keras.callbacks.TensorBoard(
+            os.path.join(output_dir, "tensorboard"))] if tensorboard else [])
+        + list(callbacks),
+    )
+    rows = read_history(paths["history.csv"])
+    _, final = model.evaluate(test, verbose=0)
+    summary = _summary(s, rows, float(final), float(rows[-1]["wall_time"]),
+                       int(model.grad_evals.numpy()))
+    plots.plot_run(rows, paths["curves.png"],
+                   title=f"{s.method} on {s.dataset} ({s.model}), seed "
+                   f"{s.seed}")
+    with open(paths["summary.json"], "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _steps_per_epoch(s):
+    if s.train_examples is not None:
+        count = s.train_examples
+    elif s.dataset == "tiny_imagenet":
+        count = len(data_lib.tiny_imagenet_module.list_files(
+            s.data_dir, "train")[0])
+    else:
+        count = 50_000
+    return count // s.batch_size
+
+
+# --- command line ---------------------------------------------------------
+
+def argument_parser(description, datasets=data_lib.DATASETS):
+    """The recipes' parser: one flag per `Settings` field, and run flags.
+
+    Args:
+        description: the recipe's description.
+        datasets: the datasets this recipe offers.
+    """
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                        help="scale of the run; explicit flags override it")
+    parser.add_argument("--output-dir", default=None,
+                        help="the run's folder (default runs/<dataset>_"
+                        "<model>_<method>_seed<seed>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the unfinished run in --output-dir")
+    parser.add_argument("--verbose", default="auto",
+                        help="Keras fit verbosity: auto, 0, 1 or 2")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log to TensorBoard in <output-dir>/"
+                        "tensorboard")
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        meta = dict(field.metadata)
+        help_text = meta.pop("help")
+        if field.name == "dataset":
+            meta["choices"] = datasets
+            default = datasets[0]
+        else:
+            default = None  # filled from the preset, then the field default
+        if field.type is bool or field.default is False:
+            parser.add_argument(flag, action="store_true", help=help_text)
+            continue
+        kind = {int: int, float: float}.get(type(field.default), str)
+        if field.name in ("train_examples", "start_epoch", "end_epoch"):
+            kind = int
+        if field.name in ("radius", "grad_scale", "start_fraction"):
+            kind = float
+        parser.add_argument(flag, type=kind, default=default, help=help_text,
+                            **meta)
+    return parser
+
+
+def settings_from_args(args):
+    """`Settings` from parsed flags: explicit flags, then preset, then defaults."""
+    preset = PRESETS[args.preset]
+    values = {}
+    for field in dataclasses.fields(Settings):
+        value = getattr(args, field.name)
+        if value is None:
+            value = preset.get(field.name, field.default)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    return Settings(**values)
+
+
+def main(argv=None, description=None, datasets=data_lib.DATASETS):
+    """Parses the flags and runs: what a recipe script calls."""
+    args = argument_parser(description, datasets).parse_args(argv)
+    settings = settings_from_args(args)
+    verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
+    output_dir = args.output_dir or os.path.join(
+        "runs", f"{settings.dataset}_{settings.model}_{settings.method}_"
+        f"seed{settings.seed}")
+    summary = run(settings, output_dir=output_dir, resume=args.resume,
+                  verbose=verbose, tensorboard=args.tensorboard)
+    print(f"{settings.method} on {settings.dataset}: final test top-1 "
+          f"{summary['final_test_top1']:.4f}, best "
+          f"{summary['best_test_top1']:.4f}, {summary['grad_evals']} "
+          f"gradient evaluations, {summary['wall_time_seconds']:.0f} s; "
+          f"artefacts in {output_dir}")
+    return summary
