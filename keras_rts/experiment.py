@@ -381,7 +381,7 @@ def _steps_per_epoch(s):
     if s.train_examples is not None:
         count = s.train_examples
     elif s.dataset == "tiny_imagenet":
-        count = len(data_lib.tiny_imagenet_module.list_files(
+        count = len(data_lib.tiny_imagenet.list_files(
             s.data_dir, "train")[0])
     else:
         count = 50_000

@@ -14,3 +14,34 @@ def _isolate_keras_state():
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+SHARED_DATASETS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+    "shared", "datasets")
+
+
+@pytest.fixture(scope="session")
+def shared_datasets():
+    """The real data in ../shared/datasets.
+
+    A user's clone has no ../shared: there, tests that need it skip. In CI
+    (CI=true) a missing ../shared is a failure, never a skip.
+    """
+    path = os.path.normpath(SHARED_DATASETS)
+    if not os.path.isdir(path):
+        message = f"real data not found at {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI must have ../shared)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(shared_datasets):
+    return os.path.join(shared_datasets, "tensorflow_datasets")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(shared_datasets):
+    return os.path.join(shared_datasets, "tiny-imagenet-20")

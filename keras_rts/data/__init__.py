@@ -6,9 +6,9 @@ folder) or `"tiny_imagenet"` (`data_dir` is the dataset folder in its
 standard layout). `split` is `"train"` or `"test"`.
 """
 
-from keras_rts.data import tiny_imagenet as tiny_imagenet_module
-from keras_rts.data.cifar import cifar
-from keras_rts.data.tiny_imagenet import tiny_imagenet
+from keras_rts.data import augment, cifar, pipeline, tiny_imagenet
+from keras_rts.data.cifar import load_cifar
+from keras_rts.data.tiny_imagenet import load_tiny_imagenet
 
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
@@ -32,7 +32,7 @@ def shape(name, data_dir=None):
     if name == "tiny_imagenet":
         if data_dir is None:
             raise ValueError("tiny_imagenet needs data_dir, its folder.")
-        return tiny_imagenet_module.num_classes(data_dir), (64, 64, 3)
+        return tiny_imagenet.num_classes(data_dir), (64, 64, 3)
     return {"cifar10": 10, "cifar100": 100}[name], (32, 32, 3)
 
 
@@ -45,7 +45,7 @@ def load(name, split, *, data_dir=None, **kwargs):
             labelled `val/` folder).
         data_dir: a prepared TFDS folder (CIFAR), or the Tiny ImageNet
             folder.
-        **kwargs: passed to `cifar` or `tiny_imagenet` (`batch_size`,
+        **kwargs: passed to `load_cifar` or `load_tiny_imagenet` (`batch_size`,
             `train_examples`, `seed`, `cutout`, `epochs`, …).
 
     Returns:
@@ -59,9 +59,9 @@ def load(name, split, *, data_dir=None, **kwargs):
     if name == "tiny_imagenet":
         if data_dir is None:
             raise ValueError("tiny_imagenet needs data_dir, its folder.")
-        return tiny_imagenet(
+        return load_tiny_imagenet(
             data_dir, "train" if split == "train" else "val", **kwargs)
-    return cifar(name, split, data_dir=data_dir, **kwargs)
+    return load_cifar(name, split, data_dir=data_dir, **kwargs)
 
 
-__all__ = ["DATASETS", "cifar", "load", "shape", "tiny_imagenet"]
+__all__ = ["DATASETS", "load", "load_cifar", "load_tiny_imagenet", "shape"]

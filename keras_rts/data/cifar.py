@@ -15,7 +15,7 @@ TRAIN_SIZE = 50_000
 SPLITS = ("train", "validation", "test")
 
 
-def cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
+def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
           train_examples=None, validation_examples=0, augment=None,
           cutout=0, seed=0, cache=True, epochs=None, initial_epoch=0):
     """Loads a CIFAR split as a batched, normalised `tf.data.Dataset`.

@@ -32,7 +32,7 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
         cache: keep the (uint8) images in memory after the first read.
         epochs: for training, the number of epochs of the run.
         initial_epoch: the first epoch the dataset holds.
-        size: number of examples, if known.
+        size: number of examples (needed for training).
 
     Returns:
         A batched `tf.data.Dataset` of `(float32 image, int32 label)`.
@@ -54,7 +54,9 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
 
     # The whole split as one element: each epoch is a stateless permutation
     # of it, keyed by (seed, epoch) alone (no global-seed state involved).
-    everything = dataset.batch(size or 1 << 31)
+    if not size:
+        raise ValueError("Training pipelines need size, the example count.")
+    everything = dataset.batch(size)
     if cache:
         everything = everything.cache()
 

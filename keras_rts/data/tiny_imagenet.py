@@ -110,7 +110,7 @@ def _decode(path, label):
     return image, label
 
 
-def tiny_imagenet(root, split="train", *, batch_size=128, train_examples=None,
+def load_tiny_imagenet(root, split="train", *, batch_size=128, train_examples=None,
                   augment=None, cutout=0, seed=0, cache=True, epochs=None,
                   initial_epoch=0):
     """Loads a Tiny ImageNet split as a batched, normalised `tf.data.Dataset`.

@@ -1,0 +1,224 @@
+"""Input pipelines: TFDS' real load path (mocked and real), Tiny ImageNet."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_rts import data
+from keras_rts.data import augment, tiny_imagenet
+
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465])
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616])
+
+
+def _arrays(dataset):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_through_tfds_load_with_mock_data(name, classes):
+    with tfds.testing.mock_data(num_examples=64):
+        for split, augmented in (("train", True), ("test", False)):
+            x, y = _arrays(data.load(name, split, batch_size=16,
+                                     train_examples=64))
+            assert x.shape == (64, 32, 32, 3) and x.dtype == np.float32
+            assert y.dtype == np.int32
+            assert y.min() >= 0 and y.max() < classes
+            assert np.all(np.isfinite(x))
+
+
+def test_real_cifar10_shapes_labels_and_normalisation(tfds_dir):
+    x, y = _arrays(data.load_cifar("cifar10", "train", data_dir=tfds_dir,
+                              batch_size=5000, augment=False))
+    assert x.shape == (50_000, 32, 32, 3) and y.shape == (50_000,)
+    assert np.bincount(y).tolist() == [5000] * 10
+    # Normalised with the published statistics of the training images.
+    pixels = x.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(pixels.mean(axis=0), 0.0, atol=2e-3)
+    np.testing.assert_allclose(pixels.std(axis=0), 1.0, atol=2e-3)
+    raw = x * CIFAR10_STD + CIFAR10_MEAN
+    np.testing.assert_allclose(raw.min(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(raw.max(), 1.0, atol=1e-5)
+    xt, yt = _arrays(data.load("cifar10", "test", data_dir=tfds_dir,
+                               batch_size=1000))
+    assert xt.shape == (10_000, 32, 32, 3)
+    assert np.bincount(yt).tolist() == [1000] * 10
+
+
+def test_real_cifar10_subset_and_validation_split(tfds_dir):
+    kwargs = dict(data_dir=tfds_dir, batch_size=100, augment=False)
+    sub_x, sub_y = _arrays(data.load_cifar("cifar10", "train", train_examples=300,
+                                      **kwargs))
+    val_x, _ = _arrays(data.load_cifar("cifar10", "validation",
+                                  validation_examples=500, **kwargs))
+    assert sub_x.shape[0] == 300 and val_x.shape[0] == 500
+    # Without augmentation or shuffling the subset is the first images.
+    first_x, first_y = _arrays(data.load_cifar("cifar10", "train",
+                                          train_examples=400, **kwargs))
+    np.testing.assert_array_equal(first_x[:300], sub_x)
+    np.testing.assert_array_equal(first_y[:300], sub_y)
+
+
+def test_training_pipeline_is_seeded_and_epoch_keyed(tfds_dir):
+    def epochs(seed, initial_epoch=0):
+        return _arrays(data.load_cifar(
+            "cifar10", "train", data_dir=tfds_dir, batch_size=64,
+            train_examples=256, seed=seed, epochs=3,
+            initial_epoch=initial_epoch))
+
+    x, y = epochs(seed=1)
+    assert x.shape == (3 * 256, 32, 32, 3)
+    again_x, _ = epochs(seed=1)
+    np.testing.assert_array_equal(x, again_x)
+    other_x, _ = epochs(seed=2)
+    assert not np.array_equal(x, other_x)
+    # Each epoch is a permutation of the same 256 images, in a new order.
+    assert sorted(y[:256]) == sorted(y[256:512])
+    assert not np.array_equal(y[:256], y[256:512])
+    # A run resumed at epoch 1 sees exactly epochs 1 and 2.
+    resumed_x, resumed_y = epochs(seed=1, initial_epoch=1)
+    np.testing.assert_array_equal(resumed_x, x[256:])
+    np.testing.assert_array_equal(resumed_y, y[256:])
+
+
+def test_augmentation_keeps_shapes_and_changes_pixels(tfds_dir):
+    images, _ = next(iter(data.load_cifar("cifar10", "test", data_dir=tfds_dir,
+                                     batch_size=16)))
+    changed = 0
+    for i, image in enumerate(images):
+        out = augment.pad_crop_flip(image, tf.constant([3, i], tf.int64))
+        assert out.shape == image.shape
+        changed += not np.array_equal(out.numpy(), image.numpy())
+        cut = augment.cutout(image, tf.constant([5, i], tf.int64), 8)
+        assert cut.shape == image.shape
+        zeros = np.all(cut.numpy() == 0, axis=-1).sum()
+        assert 16 <= zeros <= 81  # a square of side ≤ 9, maybe clipped
+    assert changed >= 12
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: data.load("imagenet", "train"), "name='imagenet'"),
+    (lambda: data.load("cifar10", "validation"), "split='validation'"),
+    (lambda: data.load_cifar("cifar10", "valid"), "split='valid'"),
+    (lambda: data.load_cifar("cifar10", "validation"), "validation_examples"),
+    (lambda: data.load_cifar("cifar10", "train", train_examples=0),
+     "train_examples"),
+    (lambda: data.load_cifar("mnist"), "name='mnist'"),
+    (lambda: tiny_imagenet.list_files("/nonexistent", "train"),
+     "dataset folder is missing: /nonexistent"),
+    (lambda: tiny_imagenet.list_files("/nonexistent", "test"),
+     "split='test'"),
+])
+def test_bad_names_and_splits_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# --- Tiny ImageNet --------------------------------------------------------
+
+def _val_annotations(root):
+    with open(os.path.join(root, "val", "val_annotations.txt")) as f:
+        return [line.split("\t")[:2] for line in f if line.strip()]
+
+
+def test_real_tiny_imagenet_subset(tiny_dir):
+    with open(os.path.join(tiny_dir, "wnids.txt")) as f:
+        wnids = f.read().split()
+    assert data.shape("tiny_imagenet", tiny_dir) == (20, (64, 64, 3))
+    x, y = _arrays(data.load("tiny_imagenet", "train", data_dir=tiny_dir,
+                             batch_size=500, augment=False))
+    assert x.shape == (4000, 64, 64, 3) and x.dtype == np.float32
+    assert np.bincount(y).tolist() == [200] * 20
+    xv, yv = _arrays(data.load("tiny_imagenet", "test", data_dir=tiny_dir,
+                               batch_size=500))
+    assert xv.shape == (1000, 64, 64, 3)
+    # Every validation label is the annotation's, in file order.
+    expected = [wnids.index(wnid) for _, wnid in _val_annotations(tiny_dir)]
+    assert yv.tolist() == expected
+    assert np.bincount(yv).tolist() == [50] * 20
+
+
+def test_grayscale_jpegs_get_three_channels(tiny_dir):
+    paths, labels = tiny_imagenet.list_files(tiny_dir, "train")
+    gray = next(p for p in paths if tf.io.decode_jpeg(
+        tf.io.read_file(p), channels=0).shape[-1] == 1)
+    image, _ = tiny_imagenet._decode(tf.constant(gray), labels[0])
+    assert image.shape == (64, 64, 3)
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_tiny_imagenet_training_subset_and_augmentation(tiny_dir):
+    x, y = _arrays(data.load("tiny_imagenet", "train", data_dir=tiny_dir,
+                             batch_size=100, train_examples=400, epochs=1))
+    assert x.shape == (400, 64, 64, 3)
+    assert len(set(y.tolist())) > 15  # a random subset, not one class
+
+
+def _copy_tree(src, dst, wnids=2, per_class=3, val=4):
+    """A small tree in the standard layout, from real files."""
+    with open(os.path.join(src, "wnids.txt")) as f:
+        kept = f.read().split()[:wnids]
+    os.makedirs(os.path.join(dst, "val", "images"))
+    with open(os.path.join(dst, "wnids.txt"), "w") as f:
+        f.write("\n".join(kept) + "\n")
+    for wnid in kept:
+        folder = os.path.join(dst, "train", wnid, "images")
+        os.makedirs(folder)
+        source = os.path.join(src, "train", wnid, "images")
+        for name in sorted(os.listdir(source))[:per_class]:
+            shutil.copy(os.path.join(source, name), folder)
+    lines = [a for a in _val_annotations(src) if a[1] in kept][:val]
+    with open(os.path.join(dst, "val", "val_annotations.txt"), "w") as f:
+        for name, wnid in lines:
+            shutil.copy(os.path.join(src, "val", "images", name),
+                        os.path.join(dst, "val", "images"))
+            f.write(f"{name}\t{wnid}\t0\t0\t63\t63\n")
+    return kept
+
+
+def test_a_small_tree_in_the_layout_loads(tiny_dir, tmp_path):
+    root = str(tmp_path / "tiny")
+    _copy_tree(tiny_dir, root)
+    x, y = _arrays(data.load("tiny_imagenet", "train", data_dir=root,
+                             batch_size=6, augment=False))
+    assert x.shape == (6, 64, 64, 3) and sorted(y.tolist()) == [0, 0, 0, 1,
+                                                                1, 1]
+
+
+@pytest.mark.parametrize("breakage, split, match", [
+    ("no_wnids", "train", "class list wnids.txt is missing"),
+    ("no_annotations", "val", "val_annotations.txt is missing"),
+    ("empty_class", "train", "holds no JPEG images"),
+    ("missing_class", "train", "training folder of class"),
+    ("unknown_wnid", "val", "not in wnids.txt"),
+    ("missing_val_image", "val", "the image of line 1"),
+])
+def test_broken_trees_name_what_is_missing(tiny_dir, tmp_path, breakage,
+                                           split, match):
+    root = str(tmp_path / "tiny")
+    kept = _copy_tree(tiny_dir, root)
+    annotations = os.path.join(root, "val", "val_annotations.txt")
+    if breakage == "no_wnids":
+        os.remove(os.path.join(root, "wnids.txt"))
+    elif breakage == "no_annotations":
+        os.remove(annotations)
+    elif breakage == "empty_class":
+        folder = os.path.join(root, "train", kept[1], "images")
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+    elif breakage == "missing_class":
+        shutil.rmtree(os.path.join(root, "train", kept[0]))
+    elif breakage == "unknown_wnid":
+        with open(annotations, "a") as f:
+            f.write("val_x.JPEG\tn00000000\t0\t0\t1\t1\n")
+    elif breakage == "missing_val_image":
+        first = open(annotations).readline().split("\t")[0]
+        os.remove(os.path.join(root, "val", "images", first))
+    with pytest.raises(ValueError, match=match) as error:
+        tiny_imagenet.list_files(root, split)
+    assert root in str(error.value) or breakage == "unknown_wnid"

@@ -1,0 +1,186 @@
+"""The recipes end to end on real data, and the run's promises."""
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from keras_rts import callbacks, experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUMMARY_KEYS = {"method", "dataset", "seed", "settings", "final_test_top1",
+                "best_test_top1", "best_epoch", "wall_time_seconds",
+                "grad_evals", "perturb_start_epoch", "epochs", "versions"}
+
+
+def _recipe(script, *flags):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", script), *flags],
+        capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _rows(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _check_artefacts(run_dir, method, epochs):
+    rows = _rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs))
+    for key in ("accuracy", "loss", "val_accuracy", "val_loss", "radius",
+                "grad_scale", "perturb", "grad_evals", "wall_time",
+                "perturb_start_epoch"):
+        assert key in rows[0]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["method"] == method
+    assert summary["grad_evals"] == int(float(rows[-1]["grad_evals"]))
+    assert summary["best_test_top1"] == max(float(r["val_accuracy"])
+                                            for r in rows)
+    assert 0.0 <= summary["final_test_top1"] <= 1.0
+    with open(os.path.join(run_dir, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return rows, summary
+
+
+def test_cifar_recipe_end_to_end(tfds_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    result = _recipe("cifar.py", "--preset", "cpu", "--method", "rts",
+                     "--epochs", "2", "--train-examples", "256",
+                     "--batch-size", "64", "--data-dir", tfds_dir,
+                     "--output-dir", run_dir, "--verbose", "2")
+    assert "final test top-1" in result.stdout
+    rows, summary = _check_artefacts(run_dir, "rts", 2)
+    # RTS defaults: SGD in epoch 0, PUGD in epoch 1; ρ from 3, λ from 1.
+    assert [float(r["perturb"]) for r in rows] == [0.0, 1.0]
+    assert summary["perturb_start_epoch"] == 1
+    assert summary["grad_evals"] == 4 + 2 * 4
+    assert float(rows[0]["radius"]) == 3.0
+    assert summary["settings"]["model"] == "small_resnet"  # the cpu preset
+    assert not os.path.exists(os.path.join(run_dir, "backup"))
+
+
+def test_tiny_imagenet_recipe_end_to_end(tiny_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    _recipe("tiny_imagenet.py", "--preset", "cpu", "--method", "sam",
+            "--epochs", "1", "--train-examples", "256", "--batch-size", "64",
+            "--data-dir", tiny_dir, "--output-dir", run_dir, "--verbose", "0")
+    _, summary = _check_artefacts(run_dir, "sam", 1)
+    assert summary["dataset"] == "tiny_imagenet"
+    assert summary["grad_evals"] == 2 * 4
+
+
+def _settings(tfds_dir, **changes):
+    return dataclasses.replace(
+        experiment.Settings(dataset="cifar10", method="t", model="small_resnet",
+                            epochs=3, batch_size=64, train_examples=256,
+                            start_epoch=1, data_dir=tfds_dir), **changes)
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(
+        tfds_dir, tmp_path):
+    settings = _settings(tfds_dir)
+    whole = experiment.run(settings, output_dir=str(tmp_path / "whole"),
+                           verbose=0)
+    run_dir = str(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(settings, output_dir=run_dir, verbose=0,
+                       callbacks=[Interrupt()])
+    assert len(_rows(run_dir)) == 1
+    with pytest.raises(ValueError, match="pass --resume"):
+        experiment.run(settings, output_dir=run_dir, verbose=0)
+    with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
+        experiment.run(dataclasses.replace(settings, lr=0.05),
+                       output_dir=run_dir, resume=True, verbose=0)
+    keras.utils.clear_session()
+    resumed = experiment.run(settings, output_dir=run_dir, resume=True,
+                             verbose=0)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "wall_time"}
+                for r in rows]
+
+    assert strip(_rows(run_dir)) == strip(_rows(str(tmp_path / "whole")))
+    for key in ("final_test_top1", "best_test_top1", "grad_evals",
+                "perturb_start_epoch"):
+        assert resumed[key] == whole[key]
+    assert resumed["wall_time_seconds"] > float(_rows(run_dir)[0]["wall_time"])
+    # A finished run is never overwritten.
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        before = f.read()
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="already holds a finished run"):
+            experiment.run(settings, output_dir=run_dir, resume=resume)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert f.read() == before
+
+
+@pytest.mark.parametrize("changes, flag", [
+    (dict(method="pugd", radius=(3.0, 0.1)), "--radius"),
+    (dict(method="rts", radius=(1.0,)), "--radius"),
+    (dict(method="s", grad_scale=(1.0,)), "--grad-scale"),
+    (dict(method="sam", radius=(-0.05,)), "--radius"),
+    (dict(train_examples=10), "--train-examples"),
+    (dict(epochs=0), "--epochs"),
+    (dict(lr=float("nan")), "--lr"),
+    (dict(method="adam"), "--method"),
+    (dict(dataset="tiny_imagenet", data_dir=None), "--data-dir"),
+    (dict(start_epoch=3), "start_epoch=3 is outside"),
+    (dict(method="rts", radius=(0.1, 3.0)), "decreases"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, changes, flag):
+    settings = _settings(None, **changes)
+    with pytest.raises(ValueError, match=flag):
+        experiment.run(settings, output_dir=str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_flags_presets_and_overrides():
+    parser = experiment.argument_parser("test", datasets=("cifar10",
+                                                          "cifar100"))
+    args = parser.parse_args(["--preset", "cpu", "--epochs", "7",
+                              "--radius", "2.0", "0.5", "--method", "r"])
+    s = experiment.settings_from_args(args)
+    assert (s.model, s.epochs, s.train_examples, s.lr) == (
+        "small_resnet", 7, 5000, 0.1)
+    assert s.radius == (2.0, 0.5) and s.dataset == "cifar10"
+    paper = experiment.settings_from_args(parser.parse_args([]))
+    assert (paper.model, paper.epochs, paper.batch_size, paper.lr,
+            paper.momentum, paper.weight_decay, paper.train_examples) == (
+        "resnet18", 200, 128, 0.1, 0.9, 5e-4, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "tiny_imagenet"])
+
+
+@pytest.mark.parametrize("method, base, kinds", [
+    ("sgd", "sgd", []), ("sam", "sam", []), ("pugd", "pugd", []),
+    ("r", "pugd", [callbacks.RadiusScheduler]),
+    ("t", "pugd", [callbacks.PerturbationWindow]),
+    ("s", "pugd", [callbacks.GradScaleScheduler]),
+    ("rts", "pugd", [callbacks.RadiusScheduler, callbacks.GradScaleScheduler,
+                     callbacks.PerturbationWindow]),
+])
+def test_method_plans(method, base, kinds):
+    s = experiment.Settings(method=method, epochs=10)
+    kwargs, plan = experiment.method_plan(s)
+    assert kwargs["method"] == base
+    assert [type(c) for c in plan] == kinds
+    assert kwargs["radius"] == experiment.DEFAULT_RADIUS[method][0]
+    variance = experiment.method_plan(dataclasses.replace(
+        s, method="t", timing="variance"))[1]
+    assert isinstance(variance[0], callbacks.GradNormVarianceTrigger)
