@@ -6,7 +6,7 @@ names) and carried out by `run`, which writes into its output folder:
 - `settings.json`: the settings, written first;
 - `history.csv`: one row per epoch (Keras' `CSVLogger`), with train and
   test loss and top-1, `radius`, `grad_scale`, `perturb`, `grad_evals`,
-  `perturb_start_epoch` and the cumulative `wall_time`;
+  `perturb_start_epoch` and the cumulative `wall_time` and `cpu_time`;
 - `summary.json`: method, settings, seed, final and best test top-1, wall
   time, gradient evaluations, the epoch the perturbation switched on, and
   library versions — written last, so its presence marks a finished run;
@@ -85,6 +85,8 @@ class Settings:
     seed: int = _field(0, "seed of initialisation, order and augmentation")
     train_examples: Optional[int] = _field(
         None, "train on this many training images (a subset)")
+    test_examples: Optional[int] = _field(
+        None, "test on the first this many test images (default: all)")
     data_dir: Optional[str] = _field(
         None, "prepared TFDS folder (CIFAR; default TFDS_DATA_DIR) or the "
         "Tiny ImageNet folder")
@@ -202,22 +204,31 @@ def method_plan(s):
 
 
 class WallClock(keras.callbacks.Callback):
-    """Adds `wall_time`, seconds since the run began, to the epoch logs.
+    """Adds the run's cumulative `wall_time` and `cpu_time` to the epoch logs.
+
+    `cpu_time` is the CPU seconds of this process (all its threads), which
+    other processes on the machine hardly disturb; `wall_time` is elapsed
+    seconds. Both include earlier sessions of a resumed run.
 
     Args:
-        offset: seconds already spent by earlier sessions of the run.
+        wall_offset: wall seconds spent by earlier sessions of the run.
+        cpu_offset: CPU seconds spent by earlier sessions of the run.
     """
 
-    def __init__(self, offset=0.0):
+    def __init__(self, wall_offset=0.0, cpu_offset=0.0):
         super().__init__()
-        self.offset = offset
+        self.wall_offset = wall_offset
+        self.cpu_offset = cpu_offset
 
     def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["wall_time"] = self.offset + time.perf_counter() - self._start
+            logs["wall_time"] = (self.wall_offset + time.perf_counter()
+                                 - self._wall)
+            logs["cpu_time"] = self.cpu_offset + time.process_time() - self._cpu
 
 
 def read_history(path):
@@ -256,7 +267,7 @@ def versions():
             "python": platform.python_version()}
 
 
-def _summary(settings, rows, final, wall_time, grad_evals):
+def _summary(settings, rows, final, grad_evals):
     has_second_pass = settings.method not in ("sgd", "ugd")
     started = [int(float(r["epoch"])) for r in rows
                if float(r["perturb"]) > 0]
@@ -269,7 +280,8 @@ def _summary(settings, rows, final, wall_time, grad_evals):
         "final_test_top1": final,
         "best_test_top1": max(accuracies),
         "best_epoch": int(np.argmax(accuracies)),
-        "wall_time_seconds": wall_time,
+        "wall_time_seconds": float(rows[-1]["wall_time"]),
+        "cpu_time_seconds": float(rows[-1]["cpu_time"]),
         "grad_evals": grad_evals,
         "perturb_start_epoch": (min(started) if started and has_second_pass
                                 else None),
@@ -331,7 +343,8 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     rows = [r for r in read_history(paths["history.csv"])
             if int(r["epoch"]) < initial_epoch]
     _write_history(paths["history.csv"], rows)
-    offset = float(rows[-1]["wall_time"]) if rows else 0.0
+    wall_offset = float(rows[-1]["wall_time"]) if rows else 0.0
+    cpu_offset = float(rows[-1]["cpu_time"]) if rows else 0.0
 
     s = settings
     keras.utils.set_random_seed(s.seed)
@@ -341,7 +354,7 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         train_examples=s.train_examples, cutout=s.cutout, seed=s.seed,
         epochs=s.epochs, initial_epoch=initial_epoch)
     test = data_lib.load(s.dataset, "test", data_dir=s.data_dir,
-                         batch_size=500)
+                         batch_size=500, test_examples=s.test_examples)
     steps = _steps_per_epoch(s)
     model_kwargs, method_callbacks = method_plan(s)
     model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
@@ -359,7 +372,7 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         verbose=verbose, shuffle=False,  # the dataset shuffles itself
         callbacks=method_callbacks + [
             keras.callbacks.BackupAndRestore(paths["backup"]),
-            WallClock(offset),
+            WallClock(wall_offset, cpu_offset),
             keras.callbacks.CSVLogger(paths["history.csv"], append=True),
         ] + ([keras.callbacks.TensorBoard(
             os.path.join(output_dir, "tensorboard"))] if tensorboard else [])
@@ -367,8 +380,7 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     )
     rows = read_history(paths["history.csv"])
     _, final = model.evaluate(test, verbose=0)
-    summary = _summary(s, rows, float(final), float(rows[-1]["wall_time"]),
-                       int(model.grad_evals.numpy()))
+    summary = _summary(s, rows, float(final), int(model.grad_evals.numpy()))
     plots.plot_run(rows, paths["curves.png"],
                    title=f"{s.method} on {s.dataset} ({s.model}), seed "
                    f"{s.seed}")
@@ -425,7 +437,8 @@ def argument_parser(description, datasets=data_lib.DATASETS):
             parser.add_argument(flag, action="store_true", help=help_text)
             continue
         kind = {int: int, float: float}.get(type(field.default), str)
-        if field.name in ("train_examples", "start_epoch", "end_epoch"):
+        if field.name in ("train_examples", "test_examples", "start_epoch",
+                          "end_epoch"):
             kind = int
         if field.name in ("radius", "grad_scale", "start_fraction"):
             kind = float

@@ -1,6 +1,12 @@
 """Cost benchmarks, measured as ratios within one process.
 
     python recipes/benchmark.py step-cost --output docs/benchmarks
+    python recipes/benchmark.py pipeline --data-dir DIR --output docs/benchmarks
+
+`pipeline` measures the training input pipeline of the CPU preset (images
+a second, from its second epoch on, once the cache is warm) against the
+training throughput of the same preset, as a ratio: above 1, the model never
+waits on data.
 
 `step-cost` times training steps of the same network for a plain
 `keras.Model` and for `RTSModel` with each method, on one fixed batch (so
@@ -11,6 +17,7 @@ forward/backward passes for `sam`, `asam` and `pugd` (ratio 2.0), one for
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -80,7 +87,8 @@ def step_cost(args):
     data = tf.data.Dataset.from_tensors(batch).repeat()
     models = {name: _build(name, args) for name in STEPS}
     for model in models.values():  # trace and warm up
-        model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
+        model.fit(data, steps_per_epoch=3, epochs=1, verbose=0,
+                  shuffle=False)
     times = {name: [] for name in STEPS}
     names = list(STEPS)
     for round_ in range(args.rounds):
@@ -89,7 +97,7 @@ def step_cost(args):
         for name in names[shift:] + names[:shift]:
             timer = StepTimer()
             models[name].fit(data, steps_per_epoch=args.steps, epochs=1,
-                             verbose=0, callbacks=[timer])
+                             verbose=0, shuffle=False, callbacks=[timer])
             times[name].extend(timer.times)
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {
@@ -97,13 +105,7 @@ def step_cost(args):
             f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
             if k not in ("command", "output", "jit_compile", "run")
         ) + (" --jit-compile" if args.jit_compile else ""),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+        "machine": _machine(),
         "median_step_seconds": median,
         "ratios": [
             {"step": a, "relative_to": b, "ratio": median[a] / median[b],
@@ -132,15 +134,94 @@ def step_cost(args):
     ]
     table = "\n".join(lines)
     print(table)
-    if args.output:
-        os.makedirs(args.output, exist_ok=True)
-        stem = os.path.join(
-            args.output,
-            f"step_cost_{args.model}{'_xla' if args.jit_compile else ''}")
-        with open(stem + ".json", "w") as f:
-            json.dump(result, f, indent=2)
-        with open(stem + ".md", "w") as f:
-            f.write(table + "\n")
+    _write(args.output,
+           f"step_cost_{args.model}{'_xla' if args.jit_compile else ''}",
+           result, table)
+
+
+def _machine():
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def pipeline(args):
+    from keras_rts import data, experiment
+
+    settings = experiment.settings_from_args(
+        experiment.argument_parser("").parse_args(
+            ["--preset", "cpu", "--dataset", args.dataset]
+            + (["--data-dir", args.data_dir] if args.data_dir else [])))
+    s = settings
+    steps = s.train_examples // s.batch_size
+    train = data.load(s.dataset, "train", data_dir=s.data_dir,
+                      batch_size=s.batch_size,
+                      train_examples=s.train_examples, epochs=3)
+    iterator = iter(train)
+    for _ in range(steps):  # epoch 0 fills the cache
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(2 * steps):
+        next(iterator)
+    data_rate = 2 * steps * s.batch_size / (time.perf_counter() - start)
+
+    num_classes, input_shape = data.shape(s.dataset, s.data_dir)
+    batch = next(iter(train))
+    fixed = tf.data.Dataset.from_tensors(batch).repeat()
+    rates = {}
+    for method in ("sgd", "pugd"):
+        keras.utils.set_random_seed(0)
+        model = keras_rts.RTSModel(
+            keras_rts.models.get(s.model, num_classes, input_shape),
+            method=method)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(True))
+        model.fit(fixed, steps_per_epoch=3, verbose=0, shuffle=False)
+        timer = StepTimer()
+        model.fit(fixed, steps_per_epoch=args.steps, verbose=0,
+                  shuffle=False, callbacks=[timer])
+        rates[method] = s.batch_size / statistics.median(timer.times)
+    result = {
+        "command": f"python recipes/benchmark.py pipeline --dataset "
+                   f"{args.dataset} --steps {args.steps}"
+                   + (" --data-dir DIR" if args.data_dir else ""),
+        "machine": _machine(),
+        "preset": dataclasses.asdict(s),
+        "pipeline_images_per_second": data_rate,
+        "training_images_per_second": rates,
+        "ratio_pipeline_to_training": {
+            m: data_rate / r for m, r in rates.items()},
+    }
+    table = "\n".join([
+        f"Input pipeline against training, CPU preset ({s.model}, "
+        f"{s.dataset}, batch {s.batch_size}, {s.train_examples} images).",
+        "",
+        "| | images/s | pipeline ÷ training |",
+        "|---|---|---|",
+        f"| input pipeline (warm cache, augmentation on) | {data_rate:.0f} |"
+        " |",
+    ] + [f"| training step, {m} | {r:.0f} | {data_rate / r:.1f} |"
+         for m, r in rates.items()] + [
+        "",
+        f"Command: `{result['command']}`",
+        f"Machine: {result['machine']}",
+    ])
+    print(table)
+    _write(args.output, f"pipeline_{args.dataset}", result, table)
+
+
+def _write(folder, stem, result, table):
+    if not folder:
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, stem + ".json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(folder, stem + ".md"), "w") as f:
+        f.write(table + "\n")
 
 
 def main(argv=None):
@@ -157,6 +238,14 @@ def main(argv=None):
     cost.add_argument("--output", default=None,
                       help="folder for the JSON and markdown results")
     cost.set_defaults(run=step_cost)
+    feed = commands.add_parser("pipeline",
+                               help="input pipeline against training")
+    feed.add_argument("--dataset", default="cifar10",
+                      choices=["cifar10", "cifar100", "tiny_imagenet"])
+    feed.add_argument("--data-dir", default=None)
+    feed.add_argument("--steps", type=int, default=20)
+    feed.add_argument("--output", default=None)
+    feed.set_defaults(run=pipeline)
     args = parser.parse_args(argv)
     args.run(args)
 

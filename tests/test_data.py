@@ -32,6 +32,7 @@ def test_cifar_through_tfds_load_with_mock_data(name, classes):
             assert np.all(np.isfinite(x))
 
 
+@pytest.mark.slow
 def test_real_cifar10_shapes_labels_and_normalisation(tfds_dir):
     x, y = _arrays(data.load_cifar("cifar10", "train", data_dir=tfds_dir,
                               batch_size=5000, augment=False))
@@ -52,6 +53,12 @@ def test_real_cifar10_shapes_labels_and_normalisation(tfds_dir):
 
 def test_real_cifar10_subset_and_validation_split(tfds_dir):
     kwargs = dict(data_dir=tfds_dir, batch_size=100, augment=False)
+    x, y = _arrays(data.load_cifar("cifar10", "test", test_examples=300,
+                                   **kwargs))
+    assert x.shape == (300, 32, 32, 3) and x.dtype == np.float32
+    assert y.dtype == np.int32 and 0 <= y.min() and y.max() <= 9
+    assert len(set(y.tolist())) == 10
+    np.testing.assert_allclose(x.reshape(-1, 3).mean(0), 0.0, atol=0.1)
     sub_x, sub_y = _arrays(data.load_cifar("cifar10", "train", train_examples=300,
                                       **kwargs))
     val_x, _ = _arrays(data.load_cifar("cifar10", "validation",

@@ -14,7 +14,7 @@ from keras_rts import callbacks, experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY_KEYS = {"method", "dataset", "seed", "settings", "final_test_top1",
-                "best_test_top1", "best_epoch", "wall_time_seconds",
+                "best_test_top1", "best_epoch", "wall_time_seconds", "cpu_time_seconds",
                 "grad_evals", "perturb_start_epoch", "epochs", "versions"}
 
 
@@ -36,7 +36,7 @@ def _check_artefacts(run_dir, method, epochs):
     rows = _rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == list(range(epochs))
     for key in ("accuracy", "loss", "val_accuracy", "val_loss", "radius",
-                "grad_scale", "perturb", "grad_evals", "wall_time",
+                "grad_scale", "perturb", "grad_evals", "wall_time", "cpu_time",
                 "perturb_start_epoch"):
         assert key in rows[0]
     with open(os.path.join(run_dir, "summary.json")) as f:
@@ -57,6 +57,7 @@ def test_cifar_recipe_end_to_end(tfds_dir, tmp_path):
     result = _recipe("cifar.py", "--preset", "cpu", "--method", "rts",
                      "--epochs", "2", "--train-examples", "256",
                      "--batch-size", "64", "--data-dir", tfds_dir,
+                     "--test-examples", "2000",
                      "--output-dir", run_dir, "--verbose", "2")
     assert "final test top-1" in result.stdout
     rows, summary = _check_artefacts(run_dir, "rts", 2)
@@ -83,6 +84,7 @@ def _settings(tfds_dir, **changes):
     return dataclasses.replace(
         experiment.Settings(dataset="cifar10", method="t", model="small_resnet",
                             epochs=3, batch_size=64, train_examples=256,
+                            test_examples=1000,
                             start_epoch=1, data_dir=tfds_dir), **changes)
 
 
@@ -112,8 +114,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
                              verbose=0)
 
     def strip(rows):
-        return [{k: v for k, v in r.items() if k != "wall_time"}
-                for r in rows]
+        return [{k: v for k, v in r.items()
+                 if k not in ("wall_time", "cpu_time")} for r in rows]
 
     assert strip(_rows(run_dir)) == strip(_rows(str(tmp_path / "whole")))
     for key in ("final_test_top1", "best_test_top1", "grad_evals",

@@ -10,11 +10,10 @@ from keras_rts import models
 SHAPES = [((32, 32, 3), 10), ((32, 32, 3), 100), ((64, 64, 3), 200)]
 
 
-@pytest.mark.parametrize("name", [
-    "small_resnet", "resnet18",
-    pytest.param("wrn28_10", marks=pytest.mark.slow),
-])
-@pytest.mark.parametrize("input_shape, classes", SHAPES)
+@pytest.mark.parametrize("name, input_shape, classes", [
+    ("small_resnet", *shape) for shape in SHAPES] + [
+    pytest.param(name, *shape, marks=pytest.mark.slow)
+    for name in ("resnet18", "wrn28_10") for shape in SHAPES])
 def test_model_builds_and_trains_one_step(name, input_shape, classes):
     net = models.get(name, classes, input_shape)
     assert net.input_shape == (None, *input_shape)

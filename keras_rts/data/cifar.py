@@ -16,7 +16,8 @@ SPLITS = ("train", "validation", "test")
 
 
 def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
-          train_examples=None, validation_examples=0, augment=None,
+          train_examples=None, validation_examples=0, test_examples=None,
+          augment=None,
           cutout=0, seed=0, cache=True, epochs=None, initial_epoch=0):
     """Loads a CIFAR split as a batched, normalised `tf.data.Dataset`.
 
@@ -33,6 +34,8 @@ def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
         train_examples: if set, use only the first this many training
             images (a subset for quick runs).
         validation_examples: training images held out as a validation split.
+        test_examples: if set, use only the first this many test images
+            (quick runs; published numbers use all 10,000).
         augment: 4-pixel pad-and-crop and horizontal flip; defaults to true
             for `"train"` and false otherwise.
         cutout: side of a cutout square (0: none).
@@ -70,15 +73,19 @@ def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
         )
     kept = TRAIN_SIZE - validation_examples
     size = {"train": train_examples or kept, "validation": validation_examples,
-            "test": 10_000}[split]
+            "test": test_examples or 10_000}[split]
     if train_examples is not None and not 0 < train_examples <= kept:
         raise ValueError(
             f"train_examples must be in (0, {kept}], got {train_examples!r}."
         )
+    if test_examples is not None and not 0 < test_examples <= 10_000:
+        raise ValueError(
+            f"test_examples must be in (0, 10000], got {test_examples!r}."
+        )
     tfds_split = {
         "train": f"train[:{train_examples or kept}]",
         "validation": f"train[{kept}:]",
-        "test": "test",
+        "test": f"test[:{test_examples or 10_000}]",
     }[split]
     dataset = tfds.load(
         name,

@@ -110,8 +110,8 @@ def _decode(path, label):
     return image, label
 
 
-def load_tiny_imagenet(root, split="train", *, batch_size=128, train_examples=None,
-                  augment=None, cutout=0, seed=0, cache=True, epochs=None,
+def load_tiny_imagenet(root, split="train", *, batch_size=128,
+                       train_examples=None, test_examples=None, augment=None, cutout=0, seed=0, cache=True, epochs=None,
                   initial_epoch=0):
     """Loads a Tiny ImageNet split as a batched, normalised `tf.data.Dataset`.
 
@@ -121,6 +121,7 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128, train_examples=No
         batch_size: examples per batch.
         train_examples: if set, a fixed random subset of this many training
             images (the same subset for every seed).
+        test_examples: if set, only the first this many validation images.
         augment: 4-pixel pad-and-crop and horizontal flip of the 64×64
             images; defaults to true for `"train"`.
         cutout: side of a cutout square (0: none).
@@ -148,6 +149,13 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128, train_examples=No
             :train_examples])
         paths = [paths[i] for i in keep]
         labels = labels[keep]
+    if split == "val" and test_examples is not None:
+        if not 0 < test_examples <= len(paths):
+            raise ValueError(
+                f"test_examples must be in (0, {len(paths)}], got "
+                f"{test_examples!r}."
+            )
+        paths, labels = paths[:test_examples], labels[:test_examples]
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         _decode, num_parallel_calls=tf.data.AUTOTUNE)
     return image_pipeline(
