@@ -141,9 +141,11 @@ class GradScaleScheduler(_VariableScheduler):
 class _Trigger(keras.callbacks.Callback):
     """Switches the perturbation on; remembers when in `model.timing`."""
 
+    epochs = None  # the run's length, if given at construction
+
     def on_train_begin(self, logs=None):
         _check_rts_model(self, self.model)
-        self._check_epochs(self.params.get("epochs"))
+        self._check_epochs(self.epochs or self.params.get("epochs"))
 
     def _check_epochs(self, epochs):
         pass
@@ -173,8 +175,11 @@ class PerturbationWindow(_Trigger):
         start_fraction: or the start as a fraction of the epochs of `fit`:
             `start_epoch = floor(start_fraction · epochs)`.
         end_epoch: optional first epoch after the window (back to `sgd`).
-        epochs: the number of epochs, to check the bounds at construction;
-            otherwise they are checked when training begins.
+        epochs: the number of epochs of the run: the bounds are checked at
+            construction, and `start_fraction` is a fraction of it. Without
+            it, the `epochs` of `fit` are used (checked when training
+            begins). Give it when one run spans several `fit` calls (as a
+            Hyperband trial continued from an earlier one).
 
     Example:
 
@@ -208,7 +213,8 @@ class PerturbationWindow(_Trigger):
         self.start_fraction = start_fraction
         self.end_epoch = end_epoch
         if epochs is not None:
-            self._check_epochs(_check_int("epochs", epochs, minimum=1))
+            self.epochs = _check_int("epochs", epochs, minimum=1)
+            self._check_epochs(self.epochs)
 
     def start(self, epochs):
         """The start epoch for a run of `epochs` epochs."""
@@ -233,7 +239,7 @@ class PerturbationWindow(_Trigger):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._start = self.start(self.params["epochs"])
+        self._start = self.start(self.epochs or self.params["epochs"])
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch >= self._start and self.perturb_start_epoch is None:

@@ -87,6 +87,9 @@ class Settings:
         None, "train on this many training images (a subset)")
     test_examples: Optional[int] = _field(
         None, "test on the first this many test images (default: all)")
+    validation_examples: int = _field(
+        0, "hold out this many training images and evaluate on them "
+        "instead of the test set (as the tuner does)")
     data_dir: Optional[str] = _field(
         None, "prepared TFDS folder (CIFAR; default TFDS_DATA_DIR) or the "
         "Tiny ImageNet folder")
@@ -143,6 +146,8 @@ def validate(settings):
     for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t"):
         if getattr(s, name) < 1:
             raise _error(name, f"must be ≥ 1, got {getattr(s, name)}")
+    if s.validation_examples < 0:
+        raise _error("validation_examples", "must be ≥ 0")
     for name in ("lr", "momentum", "weight_decay"):
         value = getattr(s, name)
         if not math.isfinite(value) or value < 0:
@@ -275,6 +280,8 @@ def _summary(settings, rows, final, grad_evals):
     return {
         "method": settings.method,
         "dataset": settings.dataset,
+        "evaluated_on": ("validation" if settings.validation_examples
+                         else "test"),
         "seed": settings.seed,
         "settings": dataclasses.asdict(settings),
         "final_test_top1": final,
@@ -348,27 +355,15 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
 
     s = settings
     keras.utils.set_random_seed(s.seed)
+    train, evaluation = datasets(s, initial_epoch)
     num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
-    train = data_lib.load(
-        s.dataset, "train", data_dir=s.data_dir, batch_size=s.batch_size,
-        train_examples=s.train_examples, cutout=s.cutout, seed=s.seed,
-        epochs=s.epochs, initial_epoch=initial_epoch)
-    test = data_lib.load(s.dataset, "test", data_dir=s.data_dir,
-                         batch_size=500, test_examples=s.test_examples)
-    steps = _steps_per_epoch(s)
     model_kwargs, method_callbacks = method_plan(s)
     model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
                      **model_kwargs)
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            keras.optimizers.schedules.CosineDecay(s.lr, s.epochs * steps),
-            momentum=s.momentum),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=s.jit_compile,
-    )
+    compile_model(model, s, steps_per_epoch(s))
     model.fit(
-        train, epochs=s.epochs, steps_per_epoch=steps, validation_data=test,
+        train, epochs=s.epochs, steps_per_epoch=steps_per_epoch(s),
+        validation_data=evaluation,
         verbose=verbose, shuffle=False,  # the dataset shuffles itself
         callbacks=method_callbacks + [
             keras.callbacks.BackupAndRestore(paths["backup"]),
@@ -379,7 +374,7 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         + list(callbacks),
     )
     rows = read_history(paths["history.csv"])
-    _, final = model.evaluate(test, verbose=0)
+    _, final = model.evaluate(evaluation, verbose=0)
     summary = _summary(s, rows, float(final), int(model.grad_evals.numpy()))
     plots.plot_run(rows, paths["curves.png"],
                    title=f"{s.method} on {s.dataset} ({s.model}), seed "
@@ -389,14 +384,49 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     return summary
 
 
-def _steps_per_epoch(s):
+def datasets(settings, initial_epoch=0):
+    """The run's training data (epochs `initial_epoch` on) and evaluation data.
+
+    The evaluation data is the test set, or the held-out validation images
+    when `settings.validation_examples` is set.
+    """
+    s = settings
+    common = dict(data_dir=s.data_dir, validation_examples=s.validation_examples)
+    train = data_lib.load(
+        s.dataset, "train", batch_size=s.batch_size,
+        train_examples=s.train_examples, cutout=s.cutout, seed=s.seed,
+        epochs=s.epochs, initial_epoch=initial_epoch, **common)
+    if s.validation_examples:
+        evaluation = data_lib.load(s.dataset, "validation", batch_size=500,
+                                   **common)
+    else:
+        evaluation = data_lib.load(s.dataset, "test", batch_size=500,
+                                   test_examples=s.test_examples,
+                                   data_dir=s.data_dir)
+    return train, evaluation
+
+
+def compile_model(model, settings, steps):
+    """Compiles as every recipe does: SGD with momentum, cosine-decayed lr."""
+    s = settings
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            keras.optimizers.schedules.CosineDecay(s.lr, s.epochs * steps),
+            momentum=s.momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=s.jit_compile,
+    )
+
+
+def steps_per_epoch(settings):
+    """Training steps per epoch (the last partial batch is dropped)."""
+    s = settings
     if s.train_examples is not None:
         count = s.train_examples
-    elif s.dataset == "tiny_imagenet":
-        count = len(data_lib.tiny_imagenet.list_files(
-            s.data_dir, "train")[0])
     else:
-        count = 50_000
+        count = data_lib.train_size(s.dataset, s.data_dir)
+        count -= s.validation_examples
     return count // s.batch_size
 
 
@@ -459,6 +489,25 @@ def settings_from_args(args):
     return Settings(**values)
 
 
+def settings_to_flags(settings):
+    """The recipe flags that give `settings` (with `--preset paper`)."""
+    flags = ["--preset", "paper"]
+    for field in dataclasses.fields(Settings):
+        value = getattr(settings, field.name)
+        default = PRESETS["paper"].get(field.name, field.default)
+        if value == default or value is None:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag)
+        elif isinstance(value, (tuple, list)):
+            flags += [flag] + [repr(float(v)) for v in value]
+        else:
+            flags += [flag, repr(value) if isinstance(value, float)
+                      else str(value)]
+    return flags
+
+
 def main(argv=None, description=None, datasets=data_lib.DATASETS):
     """Parses the flags and runs: what a recipe script calls."""
     args = argument_parser(description, datasets).parse_args(argv)
@@ -469,7 +518,8 @@ def main(argv=None, description=None, datasets=data_lib.DATASETS):
         f"seed{settings.seed}")
     summary = run(settings, output_dir=output_dir, resume=args.resume,
                   verbose=verbose, tensorboard=args.tensorboard)
-    print(f"{settings.method} on {settings.dataset}: final test top-1 "
+    print(f"{settings.method} on {settings.dataset}: final "
+          f"{summary['evaluated_on']} top-1 "
           f"{summary['final_test_top1']:.4f}, best "
           f"{summary['best_test_top1']:.4f}, {summary['grad_evals']} "
           f"gradient evaluations, {summary['wall_time_seconds']:.0f} s; "

@@ -36,13 +36,22 @@ def shape(name, data_dir=None):
     return {"cifar10": 10, "cifar100": 100}[name], (32, 32, 3)
 
 
+def train_size(name, data_dir=None):
+    """The number of training images of a dataset."""
+    _check(name)
+    if name == "tiny_imagenet":
+        return len(tiny_imagenet.list_files(data_dir, "train")[0])
+    return cifar.TRAIN_SIZE
+
+
 def load(name, split, *, data_dir=None, **kwargs):
     """A recipe dataset's `"train"` or `"test"` split.
 
     Args:
         name: one of `DATASETS`.
-        split: `"train"` or `"test"` (Tiny ImageNet's test set is its
-            labelled `val/` folder).
+        split: `"train"`, `"test"` (Tiny ImageNet's test set is its
+            labelled `val/` folder) or `"validation"` (training images held
+            out of `"train"`: pass the same `validation_examples` to both).
         data_dir: a prepared TFDS folder (CIFAR), or the Tiny ImageNet
             folder.
         **kwargs: passed to `load_cifar` or `load_tiny_imagenet` (`batch_size`,
@@ -52,16 +61,24 @@ def load(name, split, *, data_dir=None, **kwargs):
         A batched `tf.data.Dataset` of `(images, labels)`.
     """
     _check(name)
-    if split not in ("train", "test"):
+    if split not in ("train", "test", "validation"):
         raise ValueError(
-            f"Unknown split={split!r}: expected 'train' or 'test'."
+            f"Unknown split={split!r}: expected 'train', 'test' or "
+            "'validation'."
         )
     if name == "tiny_imagenet":
         if data_dir is None:
             raise ValueError("tiny_imagenet needs data_dir, its folder.")
         return load_tiny_imagenet(
-            data_dir, "train" if split == "train" else "val", **kwargs)
+            data_dir, "val" if split == "test" else split, **kwargs)
     return load_cifar(name, split, data_dir=data_dir, **kwargs)
 
 
-__all__ = ["DATASETS", "load", "load_cifar", "load_tiny_imagenet", "shape"]
+__all__ = [
+    "DATASETS",
+    "load",
+    "load_cifar",
+    "load_tiny_imagenet",
+    "shape",
+    "train_size",
+]

@@ -24,6 +24,7 @@ MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2302, 0.2265, 0.2262)
 IMAGE_SIZE = 64
 SPLITS = ("train", "val")
+"""The folder's splits; `load_tiny_imagenet` also offers `"validation"`."""
 
 
 def _require(path, what):
@@ -111,16 +112,21 @@ def _decode(path, label):
 
 
 def load_tiny_imagenet(root, split="train", *, batch_size=128,
-                       train_examples=None, test_examples=None, augment=None, cutout=0, seed=0, cache=True, epochs=None,
+                       train_examples=None, validation_examples=0,
+                       test_examples=None, augment=None, cutout=0, seed=0, cache=True, epochs=None,
                   initial_epoch=0):
     """Loads a Tiny ImageNet split as a batched, normalised `tf.data.Dataset`.
 
     Args:
         root: the dataset folder (the standard layout above).
-        split: `"train"` or `"val"`.
+        split: `"train"`, `"val"` (the labelled validation folder, the
+            test set of published results) or `"validation"` (training
+            images held out of `"train"`).
         batch_size: examples per batch.
         train_examples: if set, a fixed random subset of this many training
             images (the same subset for every seed).
+        validation_examples: training images held out (a fixed random
+            subset, disjoint from the training images).
         test_examples: if set, only the first this many validation images.
         augment: 4-pixel pad-and-crop and horizontal flip of the 64×64
             images; defaults to true for `"train"`.
@@ -138,15 +144,35 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
     Raises:
         ValueError: for a wrong or incomplete folder, naming what is missing.
     """
-    paths, labels = list_files(root, split)
-    if split == "train" and train_examples is not None:
-        if not 0 < train_examples <= len(paths):
+    if split == "validation" and not validation_examples:
+        raise ValueError(
+            "split='validation' needs validation_examples > 0: the "
+            "validation split is carved from the training images."
+        )
+    paths, labels = list_files(root, "train" if split == "validation"
+                               else split)
+    if split in ("train", "validation"):
+        # One fixed order of the training files: the held-out images first,
+        # then the training pool (so subsets never overlap them).
+        order = np.random.default_rng(0).permutation(len(paths))
+        if not 0 <= validation_examples < len(paths):
             raise ValueError(
-                f"train_examples must be in (0, {len(paths)}], got "
-                f"{train_examples!r}."
+                f"validation_examples must be in [0, {len(paths)}), got "
+                f"{validation_examples!r}."
             )
-        keep = np.sort(np.random.default_rng(0).permutation(len(paths))[
-            :train_examples])
+        held_out, pool = (order[:validation_examples],
+                          order[validation_examples:])
+        if split == "validation":
+            keep = held_out
+        else:
+            if train_examples is not None and not (
+                    0 < train_examples <= len(pool)):
+                raise ValueError(
+                    f"train_examples must be in (0, {len(pool)}], got "
+                    f"{train_examples!r}."
+                )
+            keep = pool[:train_examples]
+        keep = np.sort(keep)
         paths = [paths[i] for i in keep]
         labels = labels[keep]
     if split == "val" and test_examples is not None:
