@@ -60,7 +60,8 @@ def _apply_if_finite(optimizer, grads, variables, finite):
         optimizer.apply(grads, variables)
 
     def cross_replica(distribution, grads, finite):
-        finite = distribution.experimental_local_results(finite)[0]
+        # Skip on every replica if the step is not finite on any.
+        finite = tf.reduce_all(distribution.experimental_local_results(finite))
         tf.cond(
             finite,
             lambda: distribution.extended.call_for_each_replica(
@@ -197,6 +198,28 @@ class RTSModel(keras.Model):
         if model.built:
             self.built = True
 
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1 and self._method.normalize:
+            raise ValueError(
+                f"method={self.method!r} normalises the global direction, "
+                f"which this version does not yet compute across "
+                f"{replicas} replicas (each replica would normalise its own "
+                "share). Train on one device, or use method='sam', 'asam' "
+                "or 'sgd', whose per-replica steps are averaged correctly."
+            )
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = optimizer.inner_optimizer
+        if optimizer.gradient_accumulation_steps and self.method != "sgd":
+            raise ValueError(
+                "gradient_accumulation_steps is not supported with "
+                f"method={self.method!r} yet: the perturbation's meaning "
+                "across accumulated batches is not defined. Use a larger "
+                "batch, or method='sgd'."
+            )
+
     def build(self, input_shape):
         if not self.model.built:
             self.model.build(input_shape)
@@ -303,6 +326,12 @@ class RTSModel(keras.Model):
         finite = tf.logical_and(
             tf.reduce_all(tf.math.is_finite(loss)), _all_finite(direction)
         )
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # One replica's non-finite step is every replica's.
+            finite = tf.equal(context.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                tf.cast(tf.logical_not(finite), tf.float32)), 0.0)
         _apply_if_finite(self.optimizer, direction, variables, finite)
 
         method_on = self._method_on()
