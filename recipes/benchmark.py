@@ -2,11 +2,17 @@
 
     python recipes/benchmark.py step-cost --output docs/benchmarks
     python recipes/benchmark.py pipeline --data-dir DIR --output docs/benchmarks
+    python recipes/benchmark.py run-cost --results docs/results/NAME
 
 `pipeline` measures the training input pipeline of the CPU preset (images
 a second, from its second epoch on, once the cache is warm) against the
 training throughput of the same preset, as a ratio: above 1, the model never
 waits on data.
+
+`run-cost` reads a finished comparison (recipes/compare.py) and sets the
+measured cost of each timed run (`t`, `rts`) relative to SGD and PUGD — in
+gradient evaluations, CPU and wall time — against the prediction
+`k/n·1 + (1 − k/n)·2` for a switch at epoch `k` of `n`.
 
 `step-cost` times training steps of the same network for a plain
 `keras.Model` and for `RTSModel` with each method, on one fixed batch (so
@@ -214,6 +220,56 @@ def pipeline(args):
     _write(args.output, f"pipeline_{args.dataset}", result, table)
 
 
+def run_cost(args):
+    with open(os.path.join(args.results, "results.json")) as f:
+        results = json.load(f)
+    runs = results["runs"]
+    missing = [m for m in ("sgd", "pugd") if m not in runs]
+    if missing:
+        raise SystemExit(f"run-cost needs the sgd and pugd runs; missing "
+                         f"{missing} in {args.results}")
+
+    def mean(method, key):
+        return statistics.mean(s[key] for s in runs[method])
+
+    lines = [
+        "| run | switch epoch k of n | predicted ÷ sgd | evals ÷ sgd | "
+        "CPU time ÷ sgd | wall time ÷ sgd | evals ÷ pugd | CPU time ÷ pugd |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for method in runs:
+        for summary in runs[method]:
+            k, n = summary["perturb_start_epoch"], summary["epochs"]
+            if method in ("sgd", "pugd") or k is None:
+                continue
+            row = {
+                "method": method, "seed": summary["seed"], "k": k, "n": n,
+                "predicted": k / n + 2 * (1 - k / n),
+                "evals_vs_sgd": summary["grad_evals"] / mean("sgd",
+                                                             "grad_evals"),
+                "cpu_vs_sgd": summary["cpu_time_seconds"]
+                / mean("sgd", "cpu_time_seconds"),
+                "wall_vs_sgd": summary["wall_time_seconds"]
+                / mean("sgd", "wall_time_seconds"),
+                "evals_vs_pugd": summary["grad_evals"] / mean("pugd",
+                                                              "grad_evals"),
+                "cpu_vs_pugd": summary["cpu_time_seconds"]
+                / mean("pugd", "cpu_time_seconds"),
+            }
+            rows.append(row)
+            lines.append(
+                f"| {method} seed {row['seed']} | {k} of {n} | "
+                f"{row['predicted']:.3f} | {row['evals_vs_sgd']:.3f} | "
+                f"{row['cpu_vs_sgd']:.3f} | {row['wall_vs_sgd']:.3f} | "
+                f"{row['evals_vs_pugd']:.3f} | {row['cpu_vs_pugd']:.3f} |")
+    table = "\n".join(lines + ["", f"From `{args.results}/results.json`; "
+                                "command: `python recipes/benchmark.py "
+                                f"run-cost --results {args.results}`."])
+    print(table)
+    _write(args.output, "run_cost", {"rows": rows}, table)
+
+
 def _write(folder, stem, result, table):
     if not folder:
         return
@@ -246,6 +302,12 @@ def main(argv=None):
     feed.add_argument("--steps", type=int, default=20)
     feed.add_argument("--output", default=None)
     feed.set_defaults(run=pipeline)
+    whole = commands.add_parser("run-cost",
+                                help="whole-run cost against prediction")
+    whole.add_argument("--results", required=True,
+                       help="a recipes/compare.py output folder")
+    whole.add_argument("--output", default=None)
+    whole.set_defaults(run=run_cost)
     args = parser.parse_args(argv)
     args.run(args)
 
