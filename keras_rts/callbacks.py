@@ -361,7 +361,7 @@ class GeneralizationGapTrigger(_Trigger):
 
 
 def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
-        end_epoch=None, grad_scale=(1.0, 1.0), radius_shape="cosine",
+        end_epoch=None, grad_scale=(1.0, 0.5), radius_shape="cosine",
         grad_scale_shape="linear", timing=None, steps_per_epoch=None):
     """The callbacks of the combined method, RTS = R + T + S.
 
@@ -369,7 +369,10 @@ def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
     wide radius while the loss surface is rough, a narrow one to settle);
     plain SGD runs the first half (where PUGD is slower than SGD and costs
     twice as much), PUGD the second half (where it overtakes), so a run
-    costs 1.5× SGD instead of 2×; λ stays at PUGD's 1.
+    costs 1.5× SGD instead of 2×; λ falls linearly from PUGD's 1 to 0.5,
+    shifting weight from the plain gradient to the perturbed one as
+    training settles (a hypothesis the results comparison puts to the
+    test).
 
     Args:
         epochs: the number of epochs of the run.

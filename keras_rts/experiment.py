@@ -54,7 +54,8 @@ DEFAULT_RADIUS = {
 PUGD's fixed 1, and the RTS cosine from 3 to 0.1."""
 
 DEFAULT_GRAD_SCALE = (1.0, 0.5)
-"""λ for `s` and `rts`: from PUGD's 1 down to 0.5 over the run."""
+"""λ for `s` and `rts`: from PUGD's 1 down to 0.5 over the run, as
+`keras_rts.callbacks.rts`."""
 
 PRESETS = {
     "paper": dict(model="resnet18", epochs=200, batch_size=128, lr=0.1,
