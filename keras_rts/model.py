@@ -116,6 +116,12 @@ class RTSModel(keras.Model):
             PyTorch's `SGD(weight_decay=...)` and the published recipes.
             Keras optimizers' own `weight_decay` is decoupled instead.
         eta: ASAM's offset `η` in `T = |w| + η` (used by `"asam"` only).
+        perturbation: under a `tf.distribute` strategy with several
+            replicas, `"replica"` forms each replica's ε from its own
+            gradient (m-sharpness, as the SAM paper recommends) and
+            `"global"` from the all-reduced gradient. Either way the
+            direction `d` and its norm are global (the mean over replicas),
+            and the optimizer sums each replica's share exactly once.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -143,6 +149,7 @@ class RTSModel(keras.Model):
         perturb=True,
         weight_decay=0.0,
         eta=0.01,
+        perturbation="replica",
         **kwargs,
     ):
         if not isinstance(model, keras.Model):
@@ -157,6 +164,11 @@ class RTSModel(keras.Model):
         _check_finite_number("eta", eta)
         if not isinstance(perturb, bool):
             raise ValueError(f"perturb must be True or False, got {perturb!r}.")
+        if perturbation not in ("replica", "global"):
+            raise ValueError(
+                f"perturbation must be 'replica' or 'global', got "
+                f"{perturbation!r}."
+            )
         if grad_scale is None:
             grad_scale = method_spec.default_grad_scale
 
@@ -165,6 +177,7 @@ class RTSModel(keras.Model):
         self.method = method
         self.weight_decay = float(weight_decay)
         self.eta = float(eta)
+        self.perturbation = perturbation
         self._method = method_spec
         # The constructor's values, for get_config; the current values are
         # state, saved with the weights.
@@ -197,28 +210,6 @@ class RTSModel(keras.Model):
         self.timing = TimingState(name="timing")
         if model.built:
             self.built = True
-
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        if replicas > 1 and self._method.normalize:
-            raise ValueError(
-                f"method={self.method!r} normalises the global direction, "
-                f"which this version does not yet compute across "
-                f"{replicas} replicas (each replica would normalise its own "
-                "share). Train on one device, or use method='sam', 'asam' "
-                "or 'sgd', whose per-replica steps are averaged correctly."
-            )
-        optimizer = self.optimizer
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            optimizer = optimizer.inner_optimizer
-        if optimizer.gradient_accumulation_steps and self.method != "sgd":
-            raise ValueError(
-                "gradient_accumulation_steps is not supported with "
-                f"method={self.method!r} yet: the perturbation's meaning "
-                "across accumulated batches is not defined. Use a larger "
-                "batch, or method='sgd'."
-            )
 
     def build(self, input_shape):
         if not self.model.built:
@@ -253,25 +244,73 @@ class RTSModel(keras.Model):
             for g, v in zip(grads, values)
         ]
 
+    def _combined_direction(self, data, grads, sources, variables,
+                            loss_scale):
+        """`d = g* + λ·g`, with ε formed from `sources` (unscaled)."""
+        if self._perturbation is None:
+            return grads
+        weights = [tf.convert_to_tensor(v) for v in variables]
+        epsilon = self._perturbation(sources, weights, self.radius)
+        perturbed_grads = self._gradients_at(
+            data, variables, [w + e for w, e in zip(weights, epsilon)]
+        )
+        if loss_scale is not None:
+            perturbed_grads = [g / loss_scale for g in perturbed_grads]
+        return directions.combine(perturbed_grads, grads, self.grad_scale)
+
     def _method_direction(self, data, grads, variables, loss_scale):
         """The method's direction `d` (or `U`), from the unscaled `grads`."""
-        direction = grads
-        if self._perturbation is not None:
-            weights = [tf.convert_to_tensor(v) for v in variables]
-            epsilon = self._perturbation(grads, weights, self.radius)
-            perturbed_grads = self._gradients_at(
-                data, variables, [w + e for w, e in zip(weights, epsilon)]
-            )
-            if loss_scale is not None:
-                perturbed_grads = [g / loss_scale for g in perturbed_grads]
-            direction = directions.combine(
-                perturbed_grads, grads, self.grad_scale
-            )
+        direction = self._combined_direction(
+            data, grads, grads, variables, loss_scale
+        )
         if self._method.normalize:
             direction = directions.normalize(direction)
         return direction
 
+    def _replicated_direction(self, data, grads, variables, loss_scale,
+                              context):
+        """This replica's share of the global direction (several replicas).
+
+        Keras scales each replica's loss by 1/replicas, so the shares' sum
+        is the mean over replicas. Collective reductions stay outside the
+        `tf.cond` (a cross-replica reduction in a conditional branch fails
+        under strategies that need `merge_call`).
+        """
+        sources = grads
+        if self._perturbation is not None and self.perturbation == "global":
+            sources = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        share = tf.cond(
+            self.perturb,
+            lambda: self._combined_direction(
+                data, grads, sources, variables, loss_scale
+            ),
+            lambda: grads,
+        )
+        if self._method.normalize:
+            total = context.all_reduce(tf.distribute.ReduceOp.SUM, share)
+            scale = tf.where(
+                self.perturb,
+                1.0 / (directions.global_norm(total) + directions.DELTA),
+                1.0,
+            )
+            share = [d * scale for d in share]
+        return share
+
+    def _check_optimizer(self):
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = optimizer.inner_optimizer
+        if optimizer.gradient_accumulation_steps and self.method != "sgd":
+            raise ValueError(
+                "gradient_accumulation_steps is not supported with "
+                f"method={self.method!r} yet: what the perturbation means "
+                "across accumulated batches is not settled. Use a larger "
+                "batch (or several replicas), or method='sgd'."
+            )
+
     def train_step(self, data):
+        # Runs when the train function is traced: before any step.
+        self._check_optimizer()
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
 
         # First pass: the ordinary Keras forward/backward pass (it alone
@@ -305,8 +344,14 @@ class RTSModel(keras.Model):
             grads = [g / loss_scale for g in grads]
         grad_norm = directions.global_norm(grads)
         self.timing.record_grad_norm(grad_norm)
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context else 1
         direction = grads
-        if self._method.name != "sgd":
+        if self._method.name != "sgd" and replicas > 1:
+            direction = self._replicated_direction(
+                (x, y, sample_weight), grads, variables, loss_scale, context
+            )
+        elif self._method.name != "sgd":
             direction = tf.cond(
                 self.perturb,
                 lambda: self._method_direction(
@@ -315,10 +360,11 @@ class RTSModel(keras.Model):
                 lambda: grads,
             )
         if self.weight_decay:
+            # Each replica adds its share: the optimizer sums them.
             direction = directions.add_weight_decay(
                 direction,
                 [tf.convert_to_tensor(v) for v in variables],
-                self.weight_decay,
+                self.weight_decay / replicas,
             )
         if loss_scale is not None:
             direction = [d * loss_scale for d in direction]
@@ -326,8 +372,7 @@ class RTSModel(keras.Model):
         finite = tf.logical_and(
             tf.reduce_all(tf.math.is_finite(loss)), _all_finite(direction)
         )
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
+        if replicas > 1:
             # One replica's non-finite step is every replica's.
             finite = tf.equal(context.all_reduce(
                 tf.distribute.ReduceOp.SUM,
@@ -371,6 +416,7 @@ class RTSModel(keras.Model):
                 "perturb": self._initial["perturb"],
                 "weight_decay": self.weight_decay,
                 "eta": self.eta,
+                "perturbation": self.perturbation,
             }
         )
         return config

@@ -122,3 +122,51 @@ class ReferenceTrainer:
             w = w - w * self.weight_decay * self.lr  # Keras: decoupled.
             self.velocity[i] = self.momentum * self.velocity[i] - self.lr * t
             self.params[i] = w + self.velocity[i]
+
+
+def mlp_forward_backward(params, x, y):
+    """Loss and gradients of `Dense(h) → ReLU → Dense(c)`, softmax CE.
+
+    `params` is `[W1, b1, W2, b2]`.
+    """
+    W1, b1, W2, b2 = params
+    n = x.shape[0]
+    z = x @ W1 + b1
+    r = np.maximum(z, 0.0)
+    logits = r @ W2 + b2
+    shifted = logits - logits.max(1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    loss = -np.log(p[np.arange(n), y]).mean()
+    d_logits = p.copy()
+    d_logits[np.arange(n), y] -= 1.0
+    d_logits /= n
+    dr = (d_logits @ W2.T) * (z > 0)
+    return loss, [x.T @ dr, dr.sum(0), r.T @ d_logits, d_logits.sum(0)]
+
+
+def replica_step(params, velocity, x, y, method, replicas, radius=1.0,
+                 grad_scale=None, lr=0.1, momentum=0.9):
+    """One step of a method whose ε is formed per replica (m-sharpness).
+
+    The batch is split into `replicas` equal parts; each forms its own ε
+    and its own `g* + λ·g`; the direction is their mean, normalised (for
+    `ugd`/`pugd`) by its global norm. Returns the new params and velocity.
+    """
+    lam = DEFAULT_GRAD_SCALE.get(method, 0.0) if grad_scale is None \
+        else grad_scale
+    parts = []
+    for xs, ys in zip(np.array_split(x, replicas), np.array_split(y, replicas)):
+        _, g, = mlp_forward_backward(params, xs, ys)[:2]
+        if method in ("sgd", "ugd"):
+            parts.append(g)
+            continue
+        eps = perturbation(method, g, params, radius)
+        _, g_star = mlp_forward_backward(
+            [w + e for w, e in zip(params, eps)], xs, ys)
+        parts.append([gs + lam * gi for gs, gi in zip(g_star, g)])
+    d = [sum(ts) / replicas for ts in zip(*parts)]
+    if method in ("ugd", "pugd"):
+        n = norm(d)
+        d = [t / (n + DELTA) for t in d]
+    velocity = [momentum * v - lr * t for v, t in zip(velocity, d)]
+    return [w + v for w, v in zip(params, velocity)], velocity

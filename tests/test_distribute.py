@@ -7,8 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
+from tests import reference
+
+BATCH, STEPS = 16, 4
 SCRIPT = textwrap.dedent('''
     import json, sys
     import tensorflow as tf
@@ -17,77 +21,129 @@ SCRIPT = textwrap.dedent('''
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np, keras_rts
 
-    method, distributed = sys.argv[1], sys.argv[2] == "mirrored"
+    config = json.loads(sys.argv[1])
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 5)).astype("float32")
-    y = rng.integers(0, 3, 32)
-    x[28, 1] = np.nan if len(sys.argv) > 3 else x[28, 1]
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.integers(0, 3, 64)
+    if config.get("nan"):
+        x[16 + 12, 1] = np.nan  # second batch, second replica's half
 
     def build():
         keras.utils.set_random_seed(1)
         net = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8),
                                 keras.layers.ReLU(), keras.layers.Dense(3)])
-        model = keras_rts.RTSModel(net, method=method)
+        model = keras_rts.RTSModel(
+            net, method=config["method"], radius=config.get("radius", 1.0),
+            perturbation=config.get("perturbation", "replica"))
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(True))
         return model
 
-    try:
-        if distributed:
-            with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-                model = build()
-        else:
+    if config["mirrored"]:
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2
+        with strategy.scope():
             model = build()
-    except ValueError as error:
-        print(json.dumps({"error": str(error)}))
-        sys.exit(0)
-    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False,
+    else:
+        model = build()
+    initial = [v.numpy().tolist() for v in model.trainable_variables]
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False,
                         verbose=0)
+    if config.get("save"):
+        model.save(config["save"])
     print(json.dumps({
+        "x": x.tolist(), "y": y.tolist(), "initial": initial,
         "weights": [v.numpy().tolist() for v in model.trainable_variables],
+        "predictions": model.predict(x, verbose=0).tolist(),
         "skipped_steps": history.history["skipped_steps"],
+        "grad_evals": history.history["grad_evals"],
     }))
 ''')
 
 
-def _run(*args):
+def _run(**config):
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *args], capture_output=True,
-        text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        [sys.executable, "-c", SCRIPT, json.dumps(config)],
+        capture_output=True, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_sgd_under_mirrored_strategy_equals_one_device():
-    import numpy as np
+def _close(got, want, rtol=1e-4, atol=1e-5):
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol,
+                                   atol=atol)
 
-    one, two = _run("sgd", "single"), _run("sgd", "mirrored")
-    for a, b in zip(one["weights"], two["weights"]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+@pytest.mark.parametrize("method", ["sgd", "ugd", "sam", "pugd"])
+def test_global_perturbation_equals_one_device(method):
+    one = _run(method=method, mirrored=False, radius=0.5)
+    two = _run(method=method, mirrored=True, radius=0.5,
+               perturbation="global")
+    _close(two["weights"], one["weights"])
+    assert two["grad_evals"] == one["grad_evals"]
+
+
+@pytest.mark.parametrize("method", ["sam", "asam", "pugd"])
+def test_replica_perturbation_matches_per_half_numpy_reference(method):
+    run = _run(method=method, mirrored=True, radius=0.5)
+    params = [np.asarray(w, np.float64) for w in run["initial"]]
+    velocity = [np.zeros_like(p) for p in params]
+    x, y = np.asarray(run["x"], np.float64), np.asarray(run["y"])
+    for i in range(0, len(x), BATCH):
+        params, velocity = reference.replica_step(
+            params, velocity, x[i:i + BATCH], y[i:i + BATCH], method,
+            replicas=2, radius=0.5)
+    _close(run["weights"], params)
+    # And it is not the one-device step: each half formed its own ε.
+    one = _run(method=method, mirrored=False, radius=0.5)
+    assert not np.allclose(np.concatenate([np.ravel(w) for w in one[
+        "weights"]]), np.concatenate([np.ravel(w) for w in run["weights"]]),
+        rtol=1e-6, atol=1e-7)
 
 
 def test_non_finite_replica_skips_the_step_on_every_replica():
-    import numpy as np
-
-    # The NaN is in the second batch's second half: replica 1 only.
-    result = _run("sgd", "mirrored", "nan")
-    assert result["skipped_steps"] == [1, 2]  # the 2nd batch, each epoch
+    result = _run(method="pugd", mirrored=True, nan=True)
+    assert result["skipped_steps"] == [1]
     assert all(np.all(np.isfinite(w)) for w in result["weights"])
 
 
-@pytest.mark.parametrize("method", ["pugd", "ugd"])
-def test_normalising_methods_refuse_several_replicas_clearly(method):
-    result = _run(method, "mirrored")
-    assert "not yet compute across 2 replicas" in result["error"]
+def test_saved_distributed_model_loads_on_one_device(tmp_path):
+    import keras
+
+    import keras_rts  # noqa: F401  (registers RTSModel for loading)
+
+    path = str(tmp_path / "mirrored.keras")
+    run = _run(method="pugd", mirrored=True, save=path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.method == "pugd" and loaded.perturbation == "replica"
+    np.testing.assert_allclose(
+        loaded.predict(np.asarray(run["x"], np.float32), verbose=0),
+        run["predictions"], rtol=1e-5, atol=1e-6)
 
 
-def test_gradient_accumulation_is_refused_at_compile_time():
+def test_bad_perturbation_argument():
+    import keras
+
+    import keras_rts
+
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="perturbation must be"):
+        keras_rts.RTSModel(net, perturbation="local")
+
+
+def test_gradient_accumulation_is_refused_before_any_step():
     import keras
 
     import keras_rts
 
     net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model = keras_rts.RTSModel(net, method="pugd")
+    model.compile(optimizer=keras.optimizers.SGD(
+        0.1, gradient_accumulation_steps=4), loss="mse")
+    before = [v.numpy() for v in model.trainable_variables]
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        model.compile(optimizer=keras.optimizers.SGD(
-            0.1, gradient_accumulation_steps=4), loss="mse")
+        model.fit(np.ones((8, 3)), np.ones((8, 2)), verbose=0)
+    for a, b in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(a, b.numpy())
