@@ -29,7 +29,7 @@ def run_dir(output_dir, method, seed):
     return os.path.join(output_dir, "runs", f"{method}_seed{seed}")
 
 
-def compare(settings, methods, seeds, output_dir, verbose=2):
+def compare(settings, methods, seeds, output_dir, verbose=2, command=None):
     """Trains (or reuses) every run, then writes the results.
 
     Args:
@@ -39,6 +39,8 @@ def compare(settings, methods, seeds, output_dir, verbose=2):
         seeds: integer seeds.
         output_dir: the comparison's folder.
         verbose: Keras `fit` verbosity of each run.
+        command: the command line that made the comparison, recorded
+            beside the table.
 
     Returns:
         The results (also written to `results.json`).
@@ -56,7 +58,7 @@ def compare(settings, methods, seeds, output_dir, verbose=2):
             output_dir=folder,
             resume=os.path.exists(os.path.join(folder, "settings.json")),
             verbose=verbose)
-    return write_results(output_dir, methods, seeds)
+    return write_results(output_dir, methods, seeds, command)
 
 
 def load_runs(output_dir, methods, seeds):
@@ -148,18 +150,35 @@ def _curves(output_dir, methods, seeds):
     return curves
 
 
-def write_results(output_dir, methods, seeds):
+def _machine():
+    import platform
+
+    return {"processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count()}
+
+
+def write_results(output_dir, methods, seeds, command=None):
     """Writes `results.json`, `results.md` and `comparison.png` from the runs."""
     runs = load_runs(output_dir, methods, seeds)
     aggregates = aggregate(runs)
     first = runs[methods[0]][0]["settings"]
     shared = {k: v for k, v in first.items() if k not in ("method", "seed")}
     results = {"methods": list(methods), "seeds": list(seeds),
-               "settings": shared, "aggregates": aggregates, "runs": runs}
+               "settings": shared, "command": command, "machine": _machine(),
+               "versions": runs[methods[0]][0]["versions"],
+               "aggregates": aggregates, "runs": runs}
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
+    evaluated = runs[methods[0]][0].get("evaluated_on", "test")
     with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(table(aggregates) + "\n")
+        f.write(
+            f"{shared['dataset']}, {shared['model']}, "
+            f"{shared['train_examples'] or 'all'} training images, "
+            f"{shared['epochs']} epochs, batch {shared['batch_size']}, "
+            f"seeds {', '.join(map(str, seeds))}; top-1 on the {evaluated} "
+            "set; mean ± std over seeds.\n\n" + table(aggregates) + "\n\n"
+            f"Command: `{command}`  \nMachine: {results['machine']}, "
+            f"{results['versions']}\n")
     plots.plot_comparison(
         _curves(output_dir, methods, seeds),
         os.path.join(output_dir, "comparison.png"),

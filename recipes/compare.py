@@ -10,6 +10,9 @@ rerunning the same command continues the comparison. It writes
 results.json, results.md and comparison.png into --output-dir.
 """
 
+import shlex
+import sys
+
 from keras_rts import comparison, experiment
 
 
@@ -26,7 +29,9 @@ def main(argv=None):
     verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
     results = comparison.compare(
         experiment.settings_from_args(args), args.methods, args.seeds,
-        args.output_dir, verbose=verbose)
+        args.output_dir, verbose=verbose,
+        command="python recipes/compare.py " + shlex.join(
+            sys.argv[1:] if argv is None else argv))
     print(comparison.table(results["aggregates"]))
 
 
