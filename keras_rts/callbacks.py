@@ -163,6 +163,11 @@ class _Trigger(keras.callbacks.Callback):
     def _switch_on_from(self, epoch):
         self.model.timing.perturb_start_epoch.assign(epoch)
 
+    def _stored_threshold(self):
+        """`model.timing.threshold`, or `None` while it is not set."""
+        value = float(self.model.timing.threshold.numpy())
+        return None if math.isnan(value) else value
+
     def on_epoch_begin(self, epoch, logs=None):
         self.model.perturb.assign(self._started(epoch))
 
@@ -287,8 +292,7 @@ class GradNormVarianceTrigger(_Trigger):
     @property
     def threshold(self):
         """The threshold, once taken at epoch `t0`, else `None`."""
-        value = float(self.model.timing.threshold.numpy())
-        return None if math.isnan(value) else value
+        return self._stored_threshold()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.perturb_start_epoch is not None:
@@ -334,8 +338,7 @@ class GeneralizationGapTrigger(_Trigger):
     @property
     def base(self):
         """The base gap, once the first `xi` epochs are averaged."""
-        value = float(self.model.timing.threshold.numpy())
-        return None if math.isnan(value) else value
+        return self._stored_threshold()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

@@ -44,6 +44,7 @@ METHODS = ("sgd", "ugd", "sam", "asam", "pugd", "r", "t", "s", "rts")
 """The recipes' methods: the steps of SPEC §1, and PUGD with R, T, S, RTS."""
 
 TIMINGS = ("fixed", "variance", "gap")
+STRATEGIES = ("none", "mirrored", "multiworker")
 
 DEFAULT_RADIUS = {
     "sgd": (0.0,), "ugd": (0.0,), "sam": (0.05,), "asam": (0.5,),
@@ -119,6 +120,14 @@ class Settings:
     gap_mu: float = _field(2.0, "gap timing: base factor")
     gap_t: int = _field(1, "gap timing: check every this many epochs")
     jit_compile: bool = _field(False, "compile the step with XLA")
+    strategy: str = _field(
+        "none", "tf.distribute strategy: mirrored uses every local GPU "
+        "(batch-size is the global batch); multiworker reads TF_CONFIG",
+        choices=STRATEGIES)
+    perturbation: str = _field(
+        "replica", "with several replicas: ε from each replica's gradient "
+        "(replica) or from the all-reduced one (global)",
+        choices=("replica", "global"))
 
     def method_radius(self):
         return tuple(self.radius or DEFAULT_RADIUS[self.method])
@@ -139,7 +148,7 @@ def validate(settings):
     """Checks the settings before any work; raises `ValueError` naming a flag."""
     s = settings
     for name in ("dataset", "method", "model", "radius_shape",
-                 "grad_scale_shape", "timing"):
+                 "grad_scale_shape", "timing", "strategy", "perturbation"):
         choices = Settings.__dataclass_fields__[name].metadata["choices"]
         if getattr(s, name) not in choices:
             raise _error(name, f"{getattr(s, name)!r} is not one of "
@@ -168,6 +177,11 @@ def validate(settings):
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise _error(name, f"must be finite and ≥ 0, got {value}")
     method_plan(s)  # builds the callbacks: checks shapes, orders, epochs
+    if s.strategy == "multiworker":
+        raise _error(
+            "strategy", "Keras 3's fit does not run under "
+            "MultiWorkerMirroredStrategy yet (keras-team/keras#20585); use "
+            "mirrored on one host")
     if s.dataset == "tiny_imagenet" and not s.data_dir:
         raise _error("data_dir", "tiny_imagenet needs its folder")
 
@@ -195,7 +209,7 @@ def method_plan(s):
     radius, grad_scale = s.method_radius(), s.method_grad_scale()
     base = s.method if s.method in directions.METHODS else "pugd"
     kwargs = dict(method=base, radius=radius[0], grad_scale=grad_scale[0],
-                  weight_decay=s.weight_decay)
+                  weight_decay=s.weight_decay, perturbation=s.perturbation)
     callbacks = []
     if s.method in ("r", "rts"):
         callbacks.append(rts_callbacks.RadiusScheduler(
@@ -338,7 +352,10 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
             saved = json.load(f)
         saved = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in saved.items()}
-        changed = {k for k in settings_dict if saved.get(k) != settings_dict[k]}
+        # A field newer than the run counts as its default.
+        defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+        changed = {k for k in settings_dict
+                   if saved.get(k, defaults[k]) != settings_dict[k]}
         if changed:
             raise ValueError(
                 f"Cannot resume {output_dir}: its settings differ in "
@@ -359,17 +376,21 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     train, evaluation = datasets(s, initial_epoch)
     num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
     model_kwargs, method_callbacks = method_plan(s)
-    model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
-                     **model_kwargs)
-    compile_model(model, s, steps_per_epoch(s))
+    strategy = make_strategy(s.strategy)
+    with strategy.scope():
+        model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
+                         **model_kwargs)
+        compile_model(model, s, steps_per_epoch(s))
     model.fit(
         train, epochs=s.epochs, steps_per_epoch=steps_per_epoch(s),
         validation_data=evaluation,
         verbose=verbose, shuffle=False,  # the dataset shuffles itself
+        # The epoch's CSV row is written before its backup: a run stopped
+        # between the two has one row too many, which resuming drops.
         callbacks=method_callbacks + [
-            keras.callbacks.BackupAndRestore(paths["backup"]),
             WallClock(wall_offset, cpu_offset),
             keras.callbacks.CSVLogger(paths["history.csv"], append=True),
+            keras.callbacks.BackupAndRestore(paths["backup"]),
         ] + ([keras.callbacks.TensorBoard(
             os.path.join(output_dir, "tensorboard"))] if tensorboard else [])
         + list(callbacks),
@@ -377,6 +398,7 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     rows = read_history(paths["history.csv"])
     _, final = model.evaluate(evaluation, verbose=0)
     summary = _summary(s, rows, float(final), int(model.grad_evals.numpy()))
+    summary["replicas"] = strategy.num_replicas_in_sync
     plots.plot_run(rows, paths["curves.png"],
                    title=f"{s.method} on {s.dataset} ({s.model}), seed "
                    f"{s.seed}")
@@ -405,6 +427,18 @@ def datasets(settings, initial_epoch=0):
                                    test_examples=s.test_examples,
                                    data_dir=s.data_dir)
     return train, evaluation
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy of a recipe's `--strategy`."""
+    if name == "mirrored":
+        # Every local GPU; without one, every logical CPU device.
+        devices = (tf.config.list_logical_devices("GPU")
+                   or tf.config.list_logical_devices("CPU"))
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def compile_model(model, settings, steps):

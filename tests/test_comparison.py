@@ -76,6 +76,7 @@ def _check_results(folder):
     return results
 
 
+@pytest.mark.slow
 def test_compare_command_end_to_end(tfds_dir, tmp_path):
     out = str(tmp_path / "cmp")
     command = [sys.executable, os.path.join(ROOT, "recipes", "compare.py"),

@@ -76,7 +76,10 @@ def _close(got, want, rtol=1e-4, atol=1e-5):
                                    atol=atol)
 
 
-@pytest.mark.parametrize("method", ["sgd", "ugd", "sam", "pugd"])
+@pytest.mark.parametrize("method", [
+    pytest.param("sgd", marks=pytest.mark.slow),
+    pytest.param("ugd", marks=pytest.mark.slow),
+    pytest.param("sam", marks=pytest.mark.slow), "pugd"])
 def test_global_perturbation_equals_one_device(method):
     one = _run(method=method, mirrored=False, radius=0.5)
     two = _run(method=method, mirrored=True, radius=0.5,
@@ -85,7 +88,9 @@ def test_global_perturbation_equals_one_device(method):
     assert two["grad_evals"] == one["grad_evals"]
 
 
-@pytest.mark.parametrize("method", ["sam", "asam", "pugd"])
+@pytest.mark.parametrize("method", [
+    pytest.param("sam", marks=pytest.mark.slow),
+    pytest.param("asam", marks=pytest.mark.slow), "pugd"])
 def test_replica_perturbation_matches_per_half_numpy_reference(method):
     run = _run(method=method, mirrored=True, radius=0.5)
     params = [np.asarray(w, np.float64) for w in run["initial"]]
@@ -147,3 +152,41 @@ def test_gradient_accumulation_is_refused_before_any_step():
         model.fit(np.ones((8, 3)), np.ones((8, 2)), verbose=0)
     for a, b in zip(before, model.trainable_variables):
         np.testing.assert_array_equal(a, b.numpy())
+
+
+RECIPE = textwrap.dedent('''
+    import sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from keras_rts import experiment
+    experiment.main(sys.argv[1:], datasets=("cifar10",))
+''')
+
+
+def test_recipe_trains_under_mirrored_strategy(tfds_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, "-c", RECIPE, "--preset", "cpu", "--method", "pugd",
+         "--strategy", "mirrored", "--perturbation", "global", "--epochs",
+         "1", "--train-examples", "256", "--batch-size", "64",
+         "--test-examples", "500", "--data-dir", tfds_dir, "--output-dir",
+         run_dir, "--verbose", "0"],
+        capture_output=True, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["replicas"] == 2
+    assert summary["settings"]["strategy"] == "mirrored"
+    assert summary["grad_evals"] == 2 * 4
+
+
+def test_multiworker_recipe_is_refused_clearly(tmp_path):
+    from keras_rts import experiment
+
+    settings = experiment.Settings(strategy="multiworker", epochs=2)
+    with pytest.raises(ValueError, match="keras-team/keras#20585"):
+        experiment.run(settings, output_dir=str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")

@@ -119,7 +119,15 @@ def _assert_same_weights(got, want, exact):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("method", METHODS)
+SLOW = pytest.mark.slow
+
+
+def _some_slow(values, fast):
+    """All `values`, those not in `fast` marked slow (CI runs them all)."""
+    return [v if v in fast else pytest.param(v, marks=SLOW) for v in values]
+
+
+@pytest.mark.parametrize("method", _some_slow(METHODS, ("sgd", "pugd")))
 def test_perturb_false_is_exactly_a_plain_keras_step(method, graph_rewrites):
     # A bias before BatchNormalization has a gradient of pure round-off,
     # so the exact comparison leaves it out, as BN networks usually do.
@@ -169,7 +177,7 @@ def test_batchnorm_statistics_come_from_the_unperturbed_pass_only(method):
     np.testing.assert_array_equal(_moving(model.model), _moving(plain))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", _some_slow(METHODS, ("ugd", "pugd")))
 def test_zero_gradient_leaves_finite_weights(method):
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.Input((4,)),
@@ -186,8 +194,11 @@ def test_zero_gradient_leaves_finite_weights(method):
     assert history.history["skipped_steps"] == [0, 0]
 
 
-@pytest.mark.parametrize("method, bad", [(m, np.nan) for m in METHODS]
-                         + [("pugd", np.inf), ("sgd", np.inf)])
+@pytest.mark.parametrize("method, bad", [
+    (m, np.nan) if m in ("sgd", "pugd") else pytest.param(m, np.nan,
+                                                          marks=SLOW)
+    for m in METHODS] + [("pugd", np.inf), pytest.param("sgd", np.inf,
+                                                        marks=SLOW)])
 def test_non_finite_batch_is_skipped_and_counted(method, bad):
     x, y = _data(n=2 * BATCH)
     model = _rts(method)
@@ -260,7 +271,7 @@ def _images(n=32, seed=0):
             rng.integers(0, 4, size=n).astype("int32"))
 
 
-@pytest.mark.parametrize("method", ["sam", "pugd"])
+@pytest.mark.parametrize("method", _some_slow(["sam", "pugd"], ("pugd",)))
 def test_mixed_float16_trains_and_first_update_matches_float32(method):
     x, y = _images()
 
@@ -302,7 +313,7 @@ def test_mixed_float16_overflow_is_skipped_and_lowers_the_loss_scale():
     assert history.history["skipped_steps"] == [1]
 
 
-@pytest.mark.parametrize("method", ["sam", "pugd"])
+@pytest.mark.parametrize("method", _some_slow(["sam", "pugd"], ("pugd",)))
 def test_jit_compile_gives_the_same_step(method):
     x, y = _data()
     eager_graph = _rts(method)

@@ -77,6 +77,7 @@ def test_search_runs_and_every_trial_reaches_the_model(kind, tfds_dir,
                    for t in trials)
 
 
+@pytest.mark.slow
 def test_cost_bound_scores_expensive_trials_minus_one(tfds_dir, tmp_path):
     hypermodel = tuning.RTSHyperModel(
         _settings(tfds_dir), 256, max_cost_fraction=0.8,
@@ -124,6 +125,7 @@ def _tune(tfds_dir, out, *flags):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
+@pytest.mark.slow
 def test_tune_recipe_best_command_reproduces_its_objective(tfds_dir,
                                                            tmp_path):
     out = str(tmp_path / "search")
