@@ -46,6 +46,12 @@ def _apply_if_finite(optimizer, grads, variables, finite):
     (as `optimizer.apply` does) cannot live in a replica-context `tf.cond`.
     """
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # It checks the first replica's gradients only: make every
+            # replica's non-finite when any replica's step is.
+            grads = [tf.where(finite, g, tf.cast(float("nan"), g.dtype))
+                     for g in grads]
         optimizer.apply(grads, variables)
         return
 
