@@ -27,7 +27,6 @@ from typing import Optional, Tuple
 import keras
 import keras_tuner
 
-from keras_rts import callbacks as rts_callbacks
 from keras_rts import data as data_lib
 from keras_rts import experiment
 from keras_rts import models as models_lib

@@ -14,6 +14,17 @@ BN_EPSILON = 1e-3  # Keras' BatchNormalization defaults.
 BN_MOMENTUM = 0.99
 
 
+def softmax_cross_entropy(logits, y):
+    """Mean softmax cross-entropy and its gradient with respect to logits."""
+    n = logits.shape[0]
+    shifted = logits - logits.max(1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    loss = -np.log(p[np.arange(n), y]).mean()
+    d_logits = p.copy()
+    d_logits[np.arange(n), y] -= 1.0
+    return loss, d_logits / n
+
+
 def forward_backward(params, x, y):
     """Loss, gradients and batch statistics of the network at `params`.
 
@@ -28,14 +39,7 @@ def forward_backward(params, x, y):
     z_hat = (z - mean) * inv_std
     a = gamma * z_hat + beta
     r = np.maximum(a, 0.0)
-    logits = r @ W2 + b2
-    shifted = logits - logits.max(1, keepdims=True)
-    p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
-    loss = -np.log(p[np.arange(n), y]).mean()
-
-    d_logits = p.copy()
-    d_logits[np.arange(n), y] -= 1.0
-    d_logits /= n
+    loss, d_logits = softmax_cross_entropy(r @ W2 + b2, y)
     dW2 = r.T @ d_logits
     db2 = d_logits.sum(0)
     da = (d_logits @ W2.T) * (a > 0)
@@ -130,16 +134,9 @@ def mlp_forward_backward(params, x, y):
     `params` is `[W1, b1, W2, b2]`.
     """
     W1, b1, W2, b2 = params
-    n = x.shape[0]
     z = x @ W1 + b1
     r = np.maximum(z, 0.0)
-    logits = r @ W2 + b2
-    shifted = logits - logits.max(1, keepdims=True)
-    p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
-    loss = -np.log(p[np.arange(n), y]).mean()
-    d_logits = p.copy()
-    d_logits[np.arange(n), y] -= 1.0
-    d_logits /= n
+    loss, d_logits = softmax_cross_entropy(r @ W2 + b2, y)
     dr = (d_logits @ W2.T) * (z > 0)
     return loss, [x.T @ dr, dr.sum(0), r.T @ d_logits, d_logits.sum(0)]
 

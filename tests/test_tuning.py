@@ -1,13 +1,10 @@
 """KerasTuner searches over the RTS controls, on small real data."""
 
-import dataclasses
 import math
 import os
 import subprocess
 import sys
 
-import keras_tuner
-import numpy as np
 import pytest
 
 from keras_rts import experiment, tuning

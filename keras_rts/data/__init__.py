@@ -6,7 +6,7 @@ folder) or `"tiny_imagenet"` (`data_dir` is the dataset folder in its
 standard layout). `split` is `"train"` or `"test"`.
 """
 
-from keras_rts.data import augment, cifar, pipeline, tiny_imagenet
+from keras_rts.data import cifar, tiny_imagenet
 from keras_rts.data.cifar import load_cifar
 from keras_rts.data.tiny_imagenet import load_tiny_imagenet
 
