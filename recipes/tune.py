@@ -67,11 +67,16 @@ def main(argv=None):
     search_path = os.path.join(args.output_dir, "search.json")
     if os.path.exists(search_path) and not args.overwrite:
         with open(search_path) as f:
-            if json.load(f) != search:
-                parser.error(
-                    f"{args.output_dir} holds a search with other settings: "
-                    "pass --overwrite to start over, or choose another "
-                    "--output-dir.")
+            saved = json.load(f)
+        # Settings newer than the search count as their defaults.
+        saved["settings"] = {**json.loads(json.dumps(dataclasses.asdict(
+            experiment.Settings()))), **saved.get("settings", {})}
+        saved.setdefault("hyperband_factor", args.hyperband_factor)
+        if saved != search:
+            parser.error(
+                f"{args.output_dir} holds a search with other settings: "
+                "pass --overwrite to start over, or choose another "
+                "--output-dir.")
     os.makedirs(args.output_dir, exist_ok=True)
     with open(search_path, "w") as f:
         json.dump(search, f, indent=2)
