@@ -128,6 +128,9 @@ class Settings:
         "replica", "with several replicas: ε from each replica's gradient "
         "(replica) or from the all-reduced one (global)",
         choices=("replica", "global"))
+    sub_batch_size: Optional[int] = _field(
+        None, "m: form ε per sub-batch of m examples of each replica's "
+        "batch and average (m-sharpness); default one ε per batch")
 
     def method_radius(self):
         return tuple(self.radius or DEFAULT_RADIUS[self.method])
@@ -156,6 +159,12 @@ def validate(settings):
     for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t"):
         if getattr(s, name) < 1:
             raise _error(name, f"must be ≥ 1, got {getattr(s, name)}")
+    if s.sub_batch_size is not None:
+        if s.sub_batch_size < 1:
+            raise _error("sub_batch_size", f"must be ≥ 1, got {s.sub_batch_size}")
+        if s.perturbation == "global":
+            raise _error("sub_batch_size", "one ε per sub-batch contradicts "
+                         "--perturbation global")
     if s.validation_examples < 0:
         raise _error("validation_examples", "must be ≥ 0")
     for name in ("lr", "momentum", "weight_decay"):
@@ -209,7 +218,8 @@ def method_plan(s):
     radius, grad_scale = s.method_radius(), s.method_grad_scale()
     base = s.method if s.method in directions.METHODS else "pugd"
     kwargs = dict(method=base, radius=radius[0], grad_scale=grad_scale[0],
-                  weight_decay=s.weight_decay, perturbation=s.perturbation)
+                  weight_decay=s.weight_decay, perturbation=s.perturbation,
+                  sub_batch_size=s.sub_batch_size)
     callbacks = []
     if s.method in ("r", "rts"):
         callbacks.append(rts_callbacks.RadiusScheduler(
@@ -503,7 +513,7 @@ def argument_parser(description, datasets=data_lib.DATASETS):
             continue
         kind = {int: int, float: float}.get(type(field.default), str)
         if field.name in ("train_examples", "test_examples", "start_epoch",
-                          "end_epoch"):
+                          "end_epoch", "sub_batch_size"):
             kind = int
         if field.name in ("radius", "grad_scale", "start_fraction"):
             kind = float

@@ -128,6 +128,16 @@ class RTSModel(keras.Model):
             `"global"` from the all-reduced gradient. Either way the
             direction `d` and its norm are global (the mean over replicas),
             and the optimizer sums each replica's share exactly once.
+        sub_batch_size: `m`, or `None` (the default) for one ε per
+            (replica) batch. With `m`, a perturbing step splits each
+            replica's batch into sub-batches of `m` examples (the last may
+            be smaller), forms each sub-batch's own ε from its own gradient
+            and averages the sub-batches' `g* + λ·g`, weighted by their
+            sizes (m-sharpness). Both passes then run per sub-batch, so
+            the cost is still two passes; BatchNormalization sees
+            sub-batch statistics and its moving statistics take the mean
+            of the sub-batches' updates. Steps that do not perturb are
+            ordinary full-batch steps. Not with `perturbation="global"`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -156,6 +166,7 @@ class RTSModel(keras.Model):
         weight_decay=0.0,
         eta=0.01,
         perturbation="replica",
+        sub_batch_size=None,
         **kwargs,
     ):
         if not isinstance(model, keras.Model):
@@ -175,6 +186,21 @@ class RTSModel(keras.Model):
                 f"perturbation must be 'replica' or 'global', got "
                 f"{perturbation!r}."
             )
+        if sub_batch_size is not None and (
+            isinstance(sub_batch_size, bool)
+            or not isinstance(sub_batch_size, int)
+            or sub_batch_size < 1
+        ):
+            raise ValueError(
+                "sub_batch_size must be a positive integer (examples per "
+                f"sub-batch) or None, got {sub_batch_size!r}."
+            )
+        if sub_batch_size is not None and perturbation == "global":
+            raise ValueError(
+                "sub_batch_size forms one ε per sub-batch, which contradicts "
+                "perturbation='global' (one ε for the global batch); use "
+                "perturbation='replica' or sub_batch_size=None."
+            )
         if grad_scale is None:
             grad_scale = method_spec.default_grad_scale
 
@@ -184,6 +210,7 @@ class RTSModel(keras.Model):
         self.weight_decay = float(weight_decay)
         self.eta = float(eta)
         self.perturbation = perturbation
+        self.sub_batch_size = sub_batch_size
         self._method = method_spec
         # The constructor's values, for get_config; the current values are
         # state, saved with the weights.
@@ -273,8 +300,7 @@ class RTSModel(keras.Model):
             direction = directions.normalize(direction)
         return direction
 
-    def _replicated_direction(self, data, grads, variables, loss_scale,
-                              context):
+    def _replica_share(self, batch, grads, variables, loss_scale, context):
         """This replica's share of the global direction (several replicas).
 
         Keras scales each replica's loss by 1/replicas, so the shares' sum
@@ -285,22 +311,13 @@ class RTSModel(keras.Model):
         sources = grads
         if self._perturbation is not None and self.perturbation == "global":
             sources = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        share = tf.cond(
+        return tf.cond(
             self.perturb,
             lambda: self._combined_direction(
-                data, grads, sources, variables, loss_scale
+                batch, grads, sources, variables, loss_scale
             ),
             lambda: grads,
         )
-        if self._method.normalize:
-            total = context.all_reduce(tf.distribute.ReduceOp.SUM, share)
-            scale = tf.where(
-                self.perturb,
-                1.0 / (directions.global_norm(total) + directions.DELTA),
-                1.0,
-            )
-            share = [d * scale for d in share]
-        return share
 
     def _check_optimizer(self):
         optimizer = self.optimizer
@@ -314,57 +331,243 @@ class RTSModel(keras.Model):
                 "batch (or several replicas), or method='sgd'."
             )
 
-    def train_step(self, data):
-        # Runs when the train function is traced: before any step.
-        self._check_optimizer()
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    def _first_pass(self, batch):
+        """The ordinary Keras forward/backward pass at `w`.
 
-        # First pass: the ordinary Keras forward/backward pass (it alone
-        # updates BatchNormalization statistics and the loss tracker).
+        It alone updates BatchNormalization statistics. Returns `(loss,
+        y_pred, grads, variables)`, with the variables that have a gradient
+        (like Keras' optimizer, the others take no part) and their scaled
+        gradients.
+        """
+        x, y, sample_weight = batch
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                 training=True,
             )
-            self._loss_tracker.update_state(
-                unscale_loss_for_distribution(loss),
-                sample_weight=tf.shape(
-                    next(i for i in tf.nest.flatten(x) if i is not None)
-                )[0],
-            )
             scaled_loss = self.optimizer.scale_loss(loss)
         all_variables = self.trainable_variables
         grads = tape.gradient(scaled_loss, all_variables)
-        # Like Keras' optimizer: variables without a gradient take no part.
         pairs = [(g, v) for g, v in zip(grads, all_variables) if g is not None]
-        variables = [v for _, v in pairs]
-        grads = [tf.convert_to_tensor(g) for g, _ in pairs]
-        if not self.optimizer.built:
-            self.optimizer.build(all_variables)
+        return (loss, y_pred, [tf.convert_to_tensor(g) for g, _ in pairs],
+                [v for _, v in pairs])
 
+    def _stateless_pass(self, batch, variables, values, state, state_values):
+        """A training-mode pass with `variables` and `state` read as values.
+
+        Returns `(loss, y_pred, grads, new_state)`: the scaled gradients
+        with respect to `values` (`None` where a variable has none) and the
+        values the pass assigned to `state` (`None` where it assigned
+        none). No variable is written.
+        """
+        x, y, sample_weight = batch
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            with keras.StatelessScope(
+                state_mapping=list(zip(variables, values))
+                + list(zip(state, state_values)),
+                collect_losses=True,
+            ) as scope:
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    training=True,
+                )
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, values)
+        new_state = [scope.get_current_value(v) for v in state]
+        new_state = [None if n is old else n
+                     for n, old in zip(new_state, state_values)]
+        return loss, y_pred, grads, new_state
+
+    def _sub_batch_passes(self, batch, loss_scale):
+        """Both passes per sub-batch of `sub_batch_size` examples.
+
+        When `perturb` is on, each sub-batch forms its own ε from its own
+        gradient, and `g`, `g* + λ·g`, the loss and the state updates are
+        the sub-batches' means weighted by their sizes. When it is off, one
+        full-batch pass. Returns `(loss, y_pred, grads, variables, share)`
+        like `_first_pass` plus the unnormalised direction `share`; the
+        state (BatchNormalization statistics, seeds) is assigned here,
+        outside any conditional.
+        """
+        variables = self.trainable_variables
+        weights = [tf.convert_to_tensor(v) for v in variables]
+        state = self.model.non_trainable_variables
+        initial = [tf.convert_to_tensor(v) for v in state]
+        floating = [tf.as_dtype(v.dtype).is_floating for v in state]
+        size = tf.shape(next(t for t in tf.nest.flatten(batch[0])
+                             if t is not None))[0]
+        # Known when the branches are traced: which variables have no
+        # gradient and which state a pass assigns.
+        no_grad, assigned = set(), set()
+
+        def unscaled(grads):
+            for i, g in enumerate(grads):
+                if g is None:
+                    no_grad.add(i)
+            grads = [ops.zeros_like(w) if g is None else
+                     tf.convert_to_tensor(g) for g, w in zip(grads, weights)]
+            if loss_scale is not None:
+                grads = [g / loss_scale for g in grads]
+            return grads
+
+        def updated(new_state, old_state):
+            for i, n in enumerate(new_state):
+                if n is not None:
+                    assigned.add(i)
+            return [o if n is None else tf.cast(n, o.dtype)
+                    for n, o in zip(new_state, old_state)]
+
+        def full_batch():
+            loss, y_pred, grads, new = self._stateless_pass(
+                batch, variables, weights, state, initial)
+            grads = unscaled(grads)
+            return loss, y_pred, grads, updated(new, initial), grads
+
+        def by_sub_batch():
+            m = self.sub_batch_size
+            count = (size + m - 1) // m
+            y_pred_spec = []
+
+            def body(i, loss, grads, combined, means, current, predictions):
+                start = i * m
+                stop = tf.minimum(start + m, size)
+                part = tf.nest.map_structure(
+                    lambda t: None if t is None else t[start:stop], batch)
+                fraction = tf.cast(stop - start, "float32") / tf.cast(
+                    size, "float32")
+                # Floating state (moving statistics) is updated from its
+                # value before the step; the rest (seeds) carries on.
+                before = [o if f else c
+                          for o, c, f in zip(initial, current, floating)]
+                part_loss, part_pred, g, new = self._stateless_pass(
+                    part, variables, weights, state, before)
+                g = unscaled(g)
+                new = updated(new, before)
+                epsilon = self._perturbation(g, weights, self.radius)
+                _, _, g_star, _ = self._stateless_pass(
+                    part, variables, [w + e for w, e in zip(weights, epsilon)],
+                    state, new)
+                part_combined = directions.combine(
+                    unscaled(g_star), g, self.grad_scale)
+                flat_pred = tf.nest.flatten(part_pred)
+                if not y_pred_spec:
+                    y_pred_spec.append(part_pred)
+
+                def add(total, part):
+                    return [t + tf.cast(fraction, p.dtype) * p
+                            for t, p in zip(total, part)]
+
+                return (
+                    i + 1,
+                    loss + fraction * tf.cast(part_loss, "float32"),
+                    add(grads, g),
+                    add(combined, part_combined),
+                    [t + tf.cast(fraction, n.dtype) * n if f else t
+                     for t, n, f in zip(means, new, floating)],
+                    [c if f else n for c, n, f in zip(current, new, floating)],
+                    [a.write(i, p) for a, p in zip(predictions, flat_pred)],
+                )
+
+            zeros = [tf.zeros_like(w) for w in weights]
+            # One array per output of the model.
+            dtypes = [self.compute_dtype]
+            if getattr(self.model, "outputs", None):
+                dtypes = [o.dtype for o in tf.nest.flatten(self.model.outputs)]
+            arrays = [tf.TensorArray(d, size=count, infer_shape=False)
+                      for d in dtypes]
+            loop = tf.while_loop(
+                lambda i, *_: i < count, body,
+                (tf.constant(0), tf.constant(0.0), zeros, list(zeros),
+                 [tf.zeros_like(s) if f else s
+                  for s, f in zip(initial, floating)],
+                 list(initial), arrays),
+                parallel_iterations=1,
+            )
+            _, loss, grads, combined, means, current, predictions = loop
+            new = [n if f else c for n, c, f in zip(means, current, floating)]
+            flat = []
+            for a, spec in zip(predictions, tf.nest.flatten(y_pred_spec[0])):
+                flat.append(a.concat())
+                flat[-1].set_shape([None] + spec.shape[1:])
+            y_pred = tf.nest.pack_sequence_as(y_pred_spec[0], flat)
+            return loss, y_pred, grads, new, combined
+
+        loss, y_pred, grads, new, share = tf.cond(
+            self.perturb, by_sub_batch, full_batch)
+        for i, (variable, value) in enumerate(zip(state, new)):
+            if i in assigned:
+                variable.assign(value)
+        keep = [i for i in range(len(variables)) if i not in no_grad]
+        return (loss, y_pred, [grads[i] for i in keep],
+                [variables[i] for i in keep], [share[i] for i in keep])
+
+    def _normalized_shares(self, share, context):
+        """Each replica's share of `d / (‖d‖ + δ)`, `d` the replicas' sum."""
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, share)
+        scale = tf.where(
+            self.perturb,
+            1.0 / (directions.global_norm(total) + directions.DELTA),
+            1.0,
+        )
+        return [d * scale for d in share]
+
+    def train_step(self, data):
+        # Runs when the train function is traced: before any step.
+        self._check_optimizer()
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        batch = (x, y, sample_weight)
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
         # The arithmetic is done on the true (unscaled) gradients; the loss
         # scale is a power of two, so unscaling and rescaling are exact.
         loss_scale = _loss_scale(self.optimizer)
-        if loss_scale is not None:
-            grads = [g / loss_scale for g in grads]
-        grad_norm = directions.global_norm(grads)
-        self.timing.record_grad_norm(grad_norm)
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context else 1
+
+        share = None  # the direction before normalisation, if known
+        if self.sub_batch_size is not None and self._perturbation is not None:
+            loss, y_pred, grads, variables, share = self._sub_batch_passes(
+                batch, loss_scale)
+        else:
+            loss, y_pred, grads, variables = self._first_pass(batch)
+            if loss_scale is not None:
+                grads = [g / loss_scale for g in grads]
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss),
+            sample_weight=tf.shape(
+                next(i for i in tf.nest.flatten(x) if i is not None)
+            )[0],
+        )
+        grad_norm = directions.global_norm(grads)
+        self.timing.record_grad_norm(grad_norm)
+
         direction = grads
         if self._method.name != "sgd" and replicas > 1:
-            direction = self._replicated_direction(
-                (x, y, sample_weight), grads, variables, loss_scale, context
-            )
+            if share is None:
+                share = self._replica_share(
+                    batch, grads, variables, loss_scale, context)
+            direction = share
+            if self._method.normalize:
+                direction = self._normalized_shares(share, context)
         elif self._method.name != "sgd":
-            direction = tf.cond(
-                self.perturb,
-                lambda: self._method_direction(
-                    (x, y, sample_weight), grads, variables, loss_scale
-                ),
-                lambda: grads,
-            )
+            if share is None:
+                direction = tf.cond(
+                    self.perturb,
+                    lambda: self._method_direction(
+                        batch, grads, variables, loss_scale),
+                    lambda: grads,
+                )
+            elif self._method.normalize:
+                direction = tf.cond(
+                    self.perturb,
+                    lambda: directions.normalize(share),
+                    lambda: share,
+                )
+            else:
+                direction = share
         if self.weight_decay:
             # Each replica adds its share: the optimizer sums them.
             direction = directions.add_weight_decay(
@@ -423,6 +626,7 @@ class RTSModel(keras.Model):
                 "weight_decay": self.weight_decay,
                 "eta": self.eta,
                 "perturbation": self.perturbation,
+                "sub_batch_size": self.sub_batch_size,
             }
         )
         return config

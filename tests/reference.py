@@ -81,7 +81,8 @@ class ReferenceTrainer:
 
     def __init__(self, params, moving, method, radius=1.0, grad_scale=None,
                  perturb=True, lr=0.1, momentum=0.9, weight_decay=0.0,
-                 coupled_weight_decay=0.0):
+                 coupled_weight_decay=0.0, sub_batch_size=None):
+        self.sub_batch_size = sub_batch_size
         self.params = [np.asarray(p, np.float64) for p in params]
         self.moving_mean, self.moving_var = [
             np.asarray(m, np.float64) for m in moving
@@ -97,7 +98,40 @@ class ReferenceTrainer:
         self.coupled_weight_decay = coupled_weight_decay
         self.grad_evals = 0
 
+    def _update_moving(self, mean, var):
+        self.moving_mean = (self.moving_mean * BN_MOMENTUM
+                            + mean * (1 - BN_MOMENTUM))
+        self.moving_var = (self.moving_var * BN_MOMENTUM
+                           + var * (1 - BN_MOMENTUM))
+
+    def sub_batch_direction(self, x, y):
+        """m-sharpness: ε and `g* + λ·g` per sub-batch of `sub_batch_size`
+        examples (each with its own batch statistics), averaged with
+        weights proportional to the sub-batches' sizes."""
+        n, m = len(x), self.sub_batch_size
+        d = [np.zeros_like(p) for p in self.params]
+        mean_sum = var_sum = 0.0
+        for start in range(0, n, m):
+            xs, ys = x[start:start + m], y[start:start + m]
+            f = len(xs) / n
+            _, g, (mean, var) = forward_backward(self.params, xs, ys)
+            eps = perturbation(self.method, g, self.params, self.radius)
+            _, g_star, _ = forward_backward(
+                [w + e for w, e in zip(self.params, eps)], xs, ys)
+            d = [t + f * (gs + self.grad_scale * gi)
+                 for t, gs, gi in zip(d, g_star, g)]
+            mean_sum, var_sum = mean_sum + f * mean, var_sum + f * var
+        self.grad_evals += 2
+        self._update_moving(mean_sum, var_sum)
+        if self.method == "pugd":
+            n = norm(d)
+            d = [t / (n + DELTA) for t in d]
+        return d
+
     def direction(self, x, y):
+        if (self.sub_batch_size and self.perturb
+                and self.method in ("sam", "asam", "pugd")):
+            return self.sub_batch_direction(x, y)
         _, g, (mean, var) = forward_backward(self.params, x, y)
         self.grad_evals += 1
         self.moving_mean = (self.moving_mean * BN_MOMENTUM

@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent('''
                                 keras.layers.ReLU(), keras.layers.Dense(3)])
         model = keras_rts.RTSModel(
             net, method=config["method"], radius=config.get("radius", 1.0),
-            perturbation=config.get("perturbation", "replica"))
+            perturbation=config.get("perturbation", "replica"),
+            sub_batch_size=config.get("sub_batch_size"))
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(True))
         return model
@@ -106,6 +107,21 @@ def test_replica_perturbation_matches_per_half_numpy_reference(method):
     assert not np.allclose(np.concatenate([np.ravel(w) for w in one[
         "weights"]]), np.concatenate([np.ravel(w) for w in run["weights"]]),
         rtol=1e-6, atol=1e-7)
+
+
+def test_sub_batches_in_each_replica_match_numpy_reference():
+    # Batch 16 on 2 replicas, sub-batches of 4: four ε per step, each from
+    # its own quarter of the batch; the direction is the four parts' mean.
+    run = _run(method="pugd", mirrored=True, radius=0.5, sub_batch_size=4)
+    params = [np.asarray(w, np.float64) for w in run["initial"]]
+    velocity = [np.zeros_like(p) for p in params]
+    x, y = np.asarray(run["x"], np.float64), np.asarray(run["y"])
+    for i in range(0, len(x), BATCH):
+        params, velocity = reference.replica_step(
+            params, velocity, x[i:i + BATCH], y[i:i + BATCH], "pugd",
+            replicas=4, radius=0.5)
+    _close(run["weights"], params)
+    assert run["grad_evals"] == [2 * len(x) // BATCH]
 
 
 def test_non_finite_replica_skips_the_step_on_every_replica():

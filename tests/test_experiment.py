@@ -144,6 +144,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
     (dict(dataset="tiny_imagenet", data_dir=None), "--data-dir"),
     (dict(start_epoch=3), "start_epoch=3 is outside"),
     (dict(method="rts", radius=(0.1, 3.0)), "decreases"),
+    (dict(sub_batch_size=0), "--sub-batch-size"),
+    (dict(sub_batch_size=32, perturbation="global"), "--sub-batch-size"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, changes, flag):
     settings = _settings(None, **changes)
@@ -161,6 +163,11 @@ def test_flags_presets_and_overrides():
     assert (s.model, s.epochs, s.train_examples, s.lr) == (
         "small_resnet", 7, 5000, 0.1)
     assert s.radius == (2.0, 0.5) and s.dataset == "cifar10"
+    assert s.sub_batch_size is None
+    s = experiment.settings_from_args(parser.parse_args(
+        ["--sub-batch-size", "32"]))
+    assert s.sub_batch_size == 32
+    assert experiment.method_plan(s)[0]["sub_batch_size"] == 32
     paper = experiment.settings_from_args(parser.parse_args([]))
     assert (paper.model, paper.epochs, paper.batch_size, paper.lr,
             paper.momentum, paper.weight_decay, paper.train_examples) == (
