@@ -186,11 +186,11 @@ def validate(settings):
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise _error(name, f"must be finite and ≥ 0, got {value}")
     method_plan(s)  # builds the callbacks: checks shapes, orders, epochs
-    if s.strategy == "multiworker":
+    if s.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
         raise _error(
-            "strategy", "Keras 3's fit does not run under "
-            "MultiWorkerMirroredStrategy yet (keras-team/keras#20585); use "
-            "mirrored on one host")
+            "strategy", "multiworker reads the cluster from the TF_CONFIG "
+            "environment variable, which is not set (see "
+            "docs/distributed.md)")
     if s.dataset == "tiny_imagenet" and not s.data_dir:
         raise _error("data_dir", "tiny_imagenet needs its folder")
 
@@ -344,6 +344,13 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
             those of the run being resumed.
     """
     validate(settings)
+    # Before any other TensorFlow work: a multi-worker strategy must be
+    # created first. Workers other than the chief write into their own
+    # folder, so that nothing is written twice.
+    strategy = make_strategy(settings.strategy)
+    worker = _worker_index(strategy)
+    if worker:
+        output_dir = os.path.join(output_dir, f"worker{worker}")
     paths = {name: os.path.join(output_dir, name) for name in (
         "settings.json", "history.csv", "summary.json", "curves.png",
         "backup")}
@@ -386,7 +393,10 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     train, evaluation = datasets(s, initial_epoch)
     num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
     model_kwargs, method_callbacks = method_plan(s)
-    strategy = make_strategy(s.strategy)
+    if worker is not None:
+        # Every worker reads the same batches and keeps its part of each:
+        # the global batch is the one-process batch.
+        train, evaluation = (_shard_by_data(d) for d in (train, evaluation))
     with strategy.scope():
         model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
                          **model_kwargs)
@@ -437,6 +447,20 @@ def datasets(settings, initial_epoch=0):
                                    test_examples=s.test_examples,
                                    data_dir=s.data_dir)
     return train, evaluation
+
+
+def _worker_index(strategy):
+    """This worker's index under a multi-worker strategy, else `None`."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    return strategy.cluster_resolver.task_id or 0
+
+
+def _shard_by_data(dataset):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)
 
 
 def make_strategy(name):

@@ -81,6 +81,26 @@ def _apply_if_finite(optimizer, grads, variables, finite):
     )
 
 
+def _is_multi_worker(strategy):
+    """Whether Keras reduces step outputs with a collective along axis 0.
+
+    Keras 3 does so under a `MultiWorkerMirroredStrategy` with several
+    workers (the test of its `reduce_per_replica`), which fails on scalar
+    logs (keras-team/keras#20585).
+    """
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
+
+
+def _one_dimensional(logs):
+    """Scalar logs as shape-[1] tensors, which the reduction along axis 0
+    of `_is_multi_worker` turns back into the mean over replicas."""
+    return {k: tf.reshape(v, [-1]) if v.shape.rank == 0 else v
+            for k, v in ((k, tf.convert_to_tensor(v)) for k, v in logs.items())}
+
+
 @keras.saving.register_keras_serializable(package="keras_rts")
 class RTSModel(keras.Model):
     """Wraps a Keras model and trains it with a sharpness-aware step.
@@ -103,7 +123,9 @@ class RTSModel(keras.Model):
     callbacks can assign them between steps without retracing. The logs
     carry them, with `grad_evals` (forward/backward passes so far),
     `skipped_steps` (steps whose loss or direction was not finite and were
-    not applied), `grad_norm` (‖g‖ of the step's first pass) and
+    not applied), `grad_norm` (‖g‖ of the step's first pass; under several
+    replicas, the mean over replicas of each one's ‖g‖ on its part of the
+    batch) and
     `perturb_start_epoch` (the epoch a timing trigger switched the
     perturbation on, -1 before). What the timing triggers remember is kept
     in `timing` (a `keras_rts.timing_state.TimingState`), saved with the
@@ -319,16 +341,39 @@ class RTSModel(keras.Model):
             lambda: grads,
         )
 
-    def _check_optimizer(self):
-        optimizer = self.optimizer
+    def compile(self, optimizer="rmsprop", *args, **kwargs):
+        """`keras.Model.compile`; refuses optimizers the step cannot use.
+
+        Raises:
+            ValueError: the optimizer accumulates gradients
+                (`gradient_accumulation_steps`) and the method perturbs.
+        """
+        optimizer = keras.optimizers.get(optimizer)
+        self._check_optimizer(optimizer)
+        super().compile(optimizer, *args, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras does not re-compile a loaded model whose `compile` is
+        # overridden unless this is overridden too; same steps as Keras'.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _check_optimizer(self, optimizer):
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             optimizer = optimizer.inner_optimizer
-        if optimizer.gradient_accumulation_steps and self.method != "sgd":
+        if (getattr(optimizer, "gradient_accumulation_steps", None)
+                and self.method != "sgd"):
             raise ValueError(
-                "gradient_accumulation_steps is not supported with "
-                f"method={self.method!r} yet: what the perturbation means "
-                "across accumulated batches is not settled. Use a larger "
-                "batch (or several replicas), or method='sgd'."
+                "gradient_accumulation_steps="
+                f"{optimizer.gradient_accumulation_steps} is not supported "
+                f"with method={self.method!r}: the optimizer would average "
+                "the directions of several batches (for pugd, several unit "
+                "vectors), which is not the method's step on their union. "
+                "Use a larger batch or several replicas; for one ε per part "
+                "of a batch, RTSModel(sub_batch_size=m). method='sgd' "
+                "accepts it."
             )
 
     def _first_pass(self, batch):
@@ -515,8 +560,9 @@ class RTSModel(keras.Model):
         return [d * scale for d in share]
 
     def train_step(self, data):
-        # Runs when the train function is traced: before any step.
-        self._check_optimizer()
+        # Runs when the train function is traced: before any step (in case
+        # the optimizer was changed after compile).
+        self._check_optimizer(self.optimizer)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         batch = (x, y, sample_weight)
         if not self.optimizer.built:
@@ -541,7 +587,10 @@ class RTSModel(keras.Model):
                 next(i for i in tf.nest.flatten(x) if i is not None)
             )[0],
         )
-        grad_norm = directions.global_norm(grads)
+        # Keras scales each replica's loss by 1/replicas: undone, so that
+        # the norm is that of the replica's own gradient (their mean is
+        # logged).
+        grad_norm = directions.global_norm(grads) * replicas
         self.timing.record_grad_norm(grad_norm)
 
         direction = grads
@@ -606,7 +655,31 @@ class RTSModel(keras.Model):
                 self.timing.perturb_start_epoch
             ),
         )
+        if _is_multi_worker(self.distribute_strategy):
+            logs = _one_dimensional(logs)
         return logs
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        if _is_multi_worker(self.distribute_strategy):
+            logs = _one_dimensional(logs)
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # keras-team/keras#20585: under several workers, Keras reduces the
+        # first distributed batch with a collective that refuses it, only
+        # to read its shapes. One replica's part has the same shapes.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and _is_multi_worker(strategy):
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch)
 
     def _method_on(self):
         """Whether the method's step (not plain `sgd`) runs, as a tensor."""
