@@ -50,7 +50,10 @@ WORKER = textwrap.dedent('''
         with strategy.scope():
             model = build()
     initial = [v.numpy().tolist() for v in model.trainable_variables]
-    history = model.fit(dataset(), epochs=2, verbose=0,
+    train = dataset()
+    if config.get("distributed_dataset"):
+        train = strategy.experimental_distribute_dataset(train)
+    history = model.fit(train, epochs=2, verbose=0,
                         validation_data=None if config.get("nan")
                         else dataset())
     print("RESULT " + json.dumps({
@@ -126,7 +129,8 @@ def _close(got, want, rtol=1e-4, atol=1e-5):
     "sam", marks=pytest.mark.slow)])
 def test_two_workers_with_global_perturbation_equal_one_process(method):
     one = _run(1, method=method)[0]
-    first, second = _run(2, method=method, perturbation="global")
+    first, second = _run(2, method=method, perturbation="global",
+                         distributed_dataset=True)
     np.testing.assert_equal(first["weights"], second["weights"])
     _close(first["weights"], one["weights"])
     for key in ("loss", "val_loss", "val_accuracy", "grad_evals"):
