@@ -79,41 +79,70 @@ def _mean_std(values):
             "values": values.tolist()}
 
 
+ACCURACIES = ("final_test_top1", "best_test_top1")
+COSTS_IN_TABLE = ("grad_evals", "cpu_time_seconds", "wall_time_seconds")
+BASES = ("sgd", "pugd")
+
+
 def aggregate(runs):
-    """Each method's mean ± std over seeds, and its costs relative to others.
+    """Each method's mean ± std over seeds, against SGD's and PUGD's.
 
     Args:
-        runs: `{method: [summary, …]}`.
+        runs: `{method: [summary, …]}`, every method's summaries in the same
+            seed order.
 
     Returns:
         `{method: {metric: {"mean", "std", "values"}, "relative_cost":
-        {"sgd": {cost: ratio}, "pugd": {…}}}}`; ratios are of means, and
-        only against methods that were run.
+        {"sgd": {cost: ratio}, "pugd": {…}}, "difference": {"sgd":
+        {accuracy: {"mean", "std", "values"}}, "pugd": {…}}}}`. Cost
+        ratios are of means; accuracy differences are paired by seed (the
+        same seed gives both runs the same initial weights and batches).
+        Only against methods that were run.
     """
     result = {}
     for method, summaries in runs.items():
         result[method] = {
             key: _mean_std([s[key] for s in summaries])
-            for key in ("final_test_top1", "best_test_top1") + COSTS
+            for key in ACCURACIES + COSTS
         }
     for method in result:
+        bases = [b for b in BASES if b in result]
         result[method]["relative_cost"] = {
             base: {cost: result[method][cost]["mean"]
                    / result[base][cost]["mean"] for cost in COSTS}
-            for base in ("sgd", "pugd") if base in result
+            for base in bases
+        }
+        result[method]["difference"] = {
+            base: {key: _mean_std(np.subtract(result[method][key]["values"],
+                                              result[base][key]["values"]))
+                   for key in ACCURACIES}
+            for base in bases
         }
     return result
 
 
+def _points(d):
+    return f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
+
+
+def _verdict(d, base):
+    """`above`/`below` `base` by the mean paired difference; `tie` when
+    the mean is within one standard deviation of the differences."""
+    word = "above" if d["mean"] > 0 else "below"
+    if abs(d["mean"]) <= d["std"] or d["mean"] == 0:
+        return f"tie with {base}"
+    return f"{word} {base}"
+
+
 def table(aggregates):
-    """The markdown table of `aggregate`'s numbers."""
-    bases = [b for b in ("sgd", "pugd") if b in aggregates]
-    header = ["method", "final top-1 (%)", "best top-1 (%)",
-              "gradient evaluations", "wall time (s)", "CPU time (s)"]
-    header += [f"evals ÷ {b}" for b in bases]
-    header += [f"CPU time ÷ {b}" for b in bases]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
+    """The markdown tables of `aggregate`'s numbers: accuracy, then cost."""
+    bases = [b for b in BASES if b in aggregates]
+    header = ["method", "final top-1 (%)", "best top-1 (%)"]
+    header += [f"Δ final vs {b} (pp)" for b in bases]
+    header += [f"Δ best vs {b} (pp)" for b in bases]
+    header += ["final top-1 verdict"]
+    accuracy = ["| " + " | ".join(header) + " |",
+                "|" + "---|" * len(header)]
     for method, a in aggregates.items():
         cells = [
             method,
@@ -121,15 +150,27 @@ def table(aggregates):
             f"{100 * a['final_test_top1']['std']:.2f}",
             f"{100 * a['best_test_top1']['mean']:.2f} ± "
             f"{100 * a['best_test_top1']['std']:.2f}",
-            f"{a['grad_evals']['mean']:.0f}",
-            f"{a['wall_time_seconds']['mean']:.0f}",
-            f"{a['cpu_time_seconds']['mean']:.0f}",
         ]
-        cells += [f"{a['relative_cost'][b]['grad_evals']:.2f}" for b in bases]
-        cells += [f"{a['relative_cost'][b]['cpu_time_seconds']:.2f}"
-                  for b in bases]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for key in ACCURACIES:
+            cells += ["—" if b == method else _points(
+                a["difference"][b][key]) for b in bases]
+        cells.append(", ".join(
+            _verdict(a["difference"][b]["final_test_top1"], b)
+            for b in bases if b != method) or "—")
+        accuracy.append("| " + " | ".join(cells) + " |")
+
+    header = ["method", "gradient evaluations"]
+    header += [f"evals ÷ {b}" for b in bases]
+    header += ["CPU time (s)"] + [f"CPU time ÷ {b}" for b in bases]
+    header += ["wall time (s)"] + [f"wall time ÷ {b}" for b in bases]
+    cost = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, a in aggregates.items():
+        cells = [method]
+        for key in COSTS_IN_TABLE:
+            cells.append(f"{a[key]['mean']:.0f}")
+            cells += [f"{a['relative_cost'][b][key]:.2f}" for b in bases]
+        cost.append("| " + " | ".join(cells) + " |")
+    return "\n".join(accuracy) + "\n\n" + "\n".join(cost)
 
 
 def _curves(output_dir, methods, seeds):
@@ -176,7 +217,11 @@ def write_results(output_dir, methods, seeds, command=None):
             f"{shared['train_examples'] or 'all'} training images, "
             f"{shared['epochs']} epochs, batch {shared['batch_size']}, "
             f"seeds {', '.join(map(str, seeds))}; top-1 on the {evaluated} "
-            "set; mean ± std over seeds.\n\n" + table(aggregates) + "\n\n"
+            "set; mean ± std over seeds. Δ: the differences to SGD's and "
+            "PUGD's runs of the same seed, mean ± std over seeds, in "
+            "percentage points; the verdict is by the mean difference, a "
+            "tie when it is within one std.\n\n" + table(aggregates)
+            + "\n\n"
             f"Command: `{command}`  \nMachine: {results['machine']}, "
             f"{results['versions']}\n")
     plots.plot_comparison(

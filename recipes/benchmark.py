@@ -2,6 +2,7 @@
 
     python recipes/benchmark.py step-cost --output docs/benchmarks
     python recipes/benchmark.py pipeline --data-dir DIR --output docs/benchmarks
+    python recipes/benchmark.py run-cost --output docs/benchmarks
     python recipes/benchmark.py run-cost --results docs/results/NAME
 
 `pipeline` measures the training input pipeline of the CPU preset (images
@@ -9,7 +10,13 @@ a second, from its second epoch on, once the cache is warm) against the
 training throughput of the same preset, as a ratio: above 1, the model never
 waits on data.
 
-`run-cost` reads a finished comparison (recipes/compare.py) and sets the
+`run-cost` without `--results` times whole short runs of `sgd`, `pugd`,
+`t` and `rts` (switching at `--switch-epoch` k of `--epochs` n) in one
+process, interleaved, each model traced once beforehand and evaluation
+excluded, and sets the measured CPU and wall time against the prediction
+`k/n·1 + (1 − k/n)·2` (relative to SGD; half of it relative to PUGD).
+
+`run-cost --results` reads a finished comparison (recipes/compare.py) and sets the
 measured cost of each timed run (`t`, `rts`) relative to SGD and PUGD — in
 gradient evaluations, CPU and wall time — against the prediction
 `k/n·1 + (1 − k/n)·2` for a switch at epoch `k` of `n`.
@@ -221,6 +228,8 @@ def pipeline(args):
 
 
 def run_cost(args):
+    if not args.results:
+        return measure_run_cost(args)
     with open(os.path.join(args.results, "results.json")) as f:
         results = json.load(f)
     runs = results["runs"]
@@ -270,6 +279,99 @@ def run_cost(args):
     _write(args.output, "run_cost", {"rows": rows}, table)
 
 
+class TrainingClock(keras.callbacks.Callback):
+    """CPU and wall seconds of training, evaluation excluded."""
+
+    def on_train_begin(self, logs=None):
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.cpu = time.process_time() - self.cpu
+        self.wall = time.perf_counter() - self.wall
+
+
+def measure_run_cost(args):
+    """Whole short runs of sgd, pugd and t/rts in one process, interleaved."""
+    from keras_rts import experiment
+
+    n, k = args.epochs, args.switch_epoch
+    if not 0 < k < n:
+        raise SystemExit("--switch-epoch must be between 0 and --epochs")
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(args.examples, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 10, size=args.examples).astype("int32")
+    methods = ("sgd", "pugd", "t", "rts")
+
+    def build(method):
+        settings = experiment.Settings(method=method, epochs=n,
+                                       start_epoch=k, model=args.model)
+        kwargs, callbacks = experiment.method_plan(settings)
+        keras.utils.set_random_seed(0)
+        model = keras_rts.RTSModel(
+            keras_rts.models.get(args.model, 10, (32, 32, 3)), **kwargs)
+        experiment.compile_model(model, settings, args.examples // 128)
+        return model, callbacks
+
+    def fit(method, epochs):
+        model, callbacks = models[method]
+        clock = TrainingClock()
+        before = int(model.grad_evals.numpy())
+        model.fit(images, labels, batch_size=128, epochs=epochs,
+                  shuffle=False, verbose=0, callbacks=callbacks + [clock])
+        return clock, int(model.grad_evals.numpy()) - before
+
+    # Each model is built and traced once (a warm-up run), then timed on
+    # whole runs: the callbacks set ρ, λ and the switch epoch by epoch.
+    models = {m: build(m) for m in methods}
+    for method in methods:
+        fit(method, 1)
+    cpu = {m: [] for m in methods}
+    wall = {m: [] for m in methods}
+    evals = {}
+    for round_ in range(args.rounds):
+        shift = round_ % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            clock, evals[method] = fit(method, n)
+            cpu[method].append(clock.cpu)
+            wall[method].append(clock.wall)
+    median_cpu = {m: statistics.median(t) for m, t in cpu.items()}
+    median_wall = {m: statistics.median(t) for m, t in wall.items()}
+    predicted = {"sgd": 1.0, "pugd": 2.0, "t": k / n + 2 * (1 - k / n),
+                 "rts": k / n + 2 * (1 - k / n)}
+    rows = [{"method": m, "predicted_vs_sgd": predicted[m],
+             "evals_vs_sgd": evals[m] / evals["sgd"],
+             "cpu_vs_sgd": median_cpu[m] / median_cpu["sgd"],
+             "wall_vs_sgd": median_wall[m] / median_wall["sgd"],
+             "predicted_vs_pugd": predicted[m] / 2.0,
+             "cpu_vs_pugd": median_cpu[m] / median_cpu["pugd"],
+             "wall_vs_pugd": median_wall[m] / median_wall["pugd"]}
+            for m in methods]
+    command = (f"python recipes/benchmark.py run-cost --epochs {n} "
+               f"--switch-epoch {k} --examples {args.examples} --rounds "
+               f"{args.rounds} --model {args.model}")
+    lines = [
+        f"Whole training runs (evaluation excluded) of `{args.model}`, "
+        f"{args.examples} images, batch 128, {n} epochs, `t`/`rts` switching "
+        f"to PUGD at epoch {k}; median of {args.rounds} interleaved runs "
+        "each, in one process.",
+        "",
+        "| run | predicted ÷ sgd | evals ÷ sgd | CPU ÷ sgd | wall ÷ sgd | "
+        "predicted ÷ pugd | CPU ÷ pugd | wall ÷ pugd |",
+        "|---|---|---|---|---|---|---|---|",
+    ] + [
+        f"| {r['method']} | {r['predicted_vs_sgd']:.3f} | "
+        f"{r['evals_vs_sgd']:.3f} | {r['cpu_vs_sgd']:.3f} | "
+        f"{r['wall_vs_sgd']:.3f} | {r['predicted_vs_pugd']:.3f} | "
+        f"{r['cpu_vs_pugd']:.3f} | {r['wall_vs_pugd']:.3f} |" for r in rows
+    ] + ["", f"Command: `{command}`", f"Machine: {_machine()}"]
+    table = "\n".join(lines)
+    print(table)
+    _write(args.output, f"run_cost_{args.model}",
+           {"command": command, "machine": _machine(), "rows": rows,
+            "cpu_seconds": cpu, "wall_seconds": wall, "grad_evals": evals},
+           table)
+
+
 def _write(folder, stem, result, table):
     if not folder:
         return
@@ -304,8 +406,15 @@ def main(argv=None):
     feed.set_defaults(run=pipeline)
     whole = commands.add_parser("run-cost",
                                 help="whole-run cost against prediction")
-    whole.add_argument("--results", required=True,
-                       help="a recipes/compare.py output folder")
+    whole.add_argument("--results", default=None,
+                       help="a recipes/compare.py output folder to read; "
+                       "without it, time short runs of sgd, pugd, t, rts")
+    whole.add_argument("--epochs", type=int, default=8)
+    whole.add_argument("--switch-epoch", type=int, default=4)
+    whole.add_argument("--examples", type=int, default=1280)
+    whole.add_argument("--rounds", type=int, default=3)
+    whole.add_argument("--model", default="small_resnet",
+                       choices=["small_resnet", "resnet18"])
     whole.add_argument("--output", default=None)
     whole.set_defaults(run=run_cost)
     args = parser.parse_args(argv)

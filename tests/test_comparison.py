@@ -17,11 +17,25 @@ COMMITTED = sorted(glob.glob(os.path.join(ROOT, "docs", "results", "*",
                                           "results.json")))
 
 
-def _table_rows(markdown):
-    lines = [l for l in markdown.splitlines() if l.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in l.strip("|").split("|"))))
-            for l in lines[2:]]
+def _tables(markdown):
+    """Every markdown table of a text, as lists of `{header: cell}` rows."""
+    tables, lines = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            lines.append(line)
+            continue
+        if lines:
+            header = [c.strip() for c in lines[0].strip("|").split("|")]
+            tables.append([dict(zip(header, (c.strip() for c in
+                                             l.strip("|").split("|"))))
+                           for l in lines[2:]])
+            lines = []
+    return tables
+
+
+def _plus_minus(cell):
+    mean, std = (float(v) for v in cell.split("±"))
+    return mean, std
 
 
 def _check_results(folder):
@@ -53,24 +67,53 @@ def _check_results(folder):
                          / np.mean([s[cost] for s in summaries[base]]))
                 assert got["relative_cost"][base][cost] == pytest.approx(
                     ratio, rel=1e-12)
+        for base in ("sgd", "pugd"):
+            if base not in methods:
+                continue
+            for key in ("final_test_top1", "best_test_top1"):
+                paired = [s[key] - b[key] for s, b in
+                          zip(summaries[method], summaries[base])]
+                d = got["difference"][base][key]
+                assert d["mean"] == pytest.approx(np.mean(paired), abs=1e-12)
+                assert d["std"] == pytest.approx(np.std(paired), abs=1e-12)
     with open(os.path.join(folder, "results.md")) as f:
-        rows = _table_rows(f.read())
-    assert [r["method"] for r in rows] == methods
-    for row in rows:
+        accuracy, cost = _tables(f.read())
+    assert [r["method"] for r in accuracy] == methods
+    assert [r["method"] for r in cost] == methods
+    for row in accuracy:
         a = results["aggregates"][row["method"]]
-        mean, std = (float(v) for v in row["final top-1 (%)"].split("±"))
+        mean, std = _plus_minus(row["final top-1 (%)"])
         assert mean == pytest.approx(100 * a["final_test_top1"]["mean"],
                                      abs=0.006)
         assert std == pytest.approx(100 * a["final_test_top1"]["std"],
                                     abs=0.006)
-        mean, _ = (float(v) for v in row["best top-1 (%)"].split("±"))
+        mean, _ = _plus_minus(row["best top-1 (%)"])
         assert mean == pytest.approx(100 * a["best_test_top1"]["mean"],
                                      abs=0.006)
+        for base in ("sgd", "pugd"):
+            if base not in methods or base == row["method"]:
+                continue
+            d = a["difference"][base]["final_test_top1"]
+            mean, std = _plus_minus(row[f"Δ final vs {base} (pp)"])
+            assert mean == pytest.approx(100 * d["mean"], abs=0.006)
+            assert std == pytest.approx(100 * d["std"], abs=0.006)
+            word = ("tie with" if abs(d["mean"]) <= d["std"] else
+                    "above" if d["mean"] > 0 else "below")
+            assert f"{word} {base}" in row["final top-1 verdict"]
+    for row in cost:
+        a = results["aggregates"][row["method"]]
         assert float(row["gradient evaluations"]) == pytest.approx(
             a["grad_evals"]["mean"], abs=0.5)
-        if "evals ÷ sgd" in row:
-            assert float(row["evals ÷ sgd"]) == pytest.approx(
-                a["relative_cost"]["sgd"]["grad_evals"], abs=0.006)
+        assert float(row["CPU time (s)"]) == pytest.approx(
+            a["cpu_time_seconds"]["mean"], abs=0.5)
+        for base in ("sgd", "pugd"):
+            if base not in methods:
+                continue
+            for column, key in (("evals", "grad_evals"),
+                                ("CPU time", "cpu_time_seconds"),
+                                ("wall time", "wall_time_seconds")):
+                assert float(row[f"{column} ÷ {base}"]) == pytest.approx(
+                    a["relative_cost"][base][key], abs=0.006)
     with open(os.path.join(folder, "comparison.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     return results
@@ -130,6 +173,24 @@ def test_aggregate_against_hand_computed_numbers():
     assert a["pugd"]["relative_cost"]["sgd"]["grad_evals"] == 2.0
     assert a["pugd"]["relative_cost"]["sgd"]["cpu_time_seconds"] == 2.0
     assert a["sgd"]["relative_cost"]["pugd"]["wall_time_seconds"] == 0.5
-    rows = _table_rows(comparison.table(a))
-    assert rows[1]["final top-1 (%)"] == "65.00 ± 5.00"
-    assert rows[0]["evals ÷ pugd"] == "0.50"
+    # Paired by seed: pugd − sgd is +10 and +20 points.
+    d = a["pugd"]["difference"]["sgd"]["final_test_top1"]
+    assert (d["mean"], d["std"]) == (pytest.approx(0.15), pytest.approx(0.05))
+    accuracy, cost = _tables(comparison.table(a))
+    assert accuracy[1]["final top-1 (%)"] == "65.00 ± 5.00"
+    assert accuracy[1]["Δ final vs sgd (pp)"] == "+15.00 ± 5.00"
+    assert accuracy[1]["final top-1 verdict"] == "above sgd"
+    assert accuracy[0]["final top-1 verdict"] == "below pugd"
+    assert accuracy[0]["Δ final vs sgd (pp)"] == "—"
+    assert cost[0]["evals ÷ pugd"] == "0.50"
+    assert cost[1]["wall time ÷ sgd"] == "2.00"
+
+
+def test_a_difference_within_one_std_is_a_tie():
+    summary = dict(grad_evals=1, wall_time_seconds=1.0, cpu_time_seconds=1.0)
+    runs = {"sgd": [dict(summary, final_test_top1=f, best_test_top1=f)
+                    for f in (0.50, 0.50)],
+            "rts": [dict(summary, final_test_top1=f, best_test_top1=f)
+                    for f in (0.52, 0.47)]}  # +2, −3: mean −0.5, std 2.5
+    accuracy, _ = _tables(comparison.table(comparison.aggregate(runs)))
+    assert accuracy[1]["final top-1 verdict"] == "tie with sgd"
