@@ -95,6 +95,9 @@ class Settings:
     data_dir: Optional[str] = _field(
         None, "prepared TFDS folder (CIFAR; default TFDS_DATA_DIR) or the "
         "Tiny ImageNet folder")
+    image_size: Optional[int] = _field(
+        None, "tiny_imagenet: resize the 64×64 images to this side (area "
+        "averaging), e.g. 32; default the originals")
     cutout: int = _field(0, "side of the cutout square (0: none)")
     radius: Optional[Tuple[float, ...]] = _field(
         None, "ρ: one value, or first and last for methods r and rts "
@@ -191,6 +194,13 @@ def validate(settings):
             "strategy", "multiworker reads the cluster from the TF_CONFIG "
             "environment variable, which is not set (see "
             "docs/distributed.md)")
+    if s.image_size is not None:
+        if s.dataset != "tiny_imagenet":
+            raise _error("image_size", "only tiny_imagenet is resized")
+        try:
+            data_lib.tiny_imagenet.check_image_size(s.image_size)
+        except ValueError as e:
+            raise _error("image_size", str(e)) from None
     if s.dataset == "tiny_imagenet" and not s.data_dir:
         raise _error("data_dir", "tiny_imagenet needs its folder")
 
@@ -391,7 +401,8 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     s = settings
     keras.utils.set_random_seed(s.seed)
     train, evaluation = datasets(s, initial_epoch)
-    num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
+    num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir,
+                                              s.image_size)
     model_kwargs, method_callbacks = method_plan(s)
     if worker is not None:
         # Every worker reads the same batches and keeps its part of each:
@@ -435,6 +446,8 @@ def datasets(settings, initial_epoch=0):
     """
     s = settings
     common = dict(data_dir=s.data_dir, validation_examples=s.validation_examples)
+    if s.image_size is not None:
+        common["image_size"] = s.image_size
     train = data_lib.load(
         s.dataset, "train", batch_size=s.batch_size,
         train_examples=s.train_examples, cutout=s.cutout, seed=s.seed,
@@ -443,9 +456,9 @@ def datasets(settings, initial_epoch=0):
         evaluation = data_lib.load(s.dataset, "validation", batch_size=500,
                                    **common)
     else:
-        evaluation = data_lib.load(s.dataset, "test", batch_size=500,
-                                   test_examples=s.test_examples,
-                                   data_dir=s.data_dir)
+        evaluation = data_lib.load(
+            s.dataset, "test", batch_size=500, test_examples=s.test_examples,
+            **{k: v for k, v in common.items() if k != "validation_examples"})
     return train, evaluation
 
 
@@ -537,7 +550,7 @@ def argument_parser(description, datasets=data_lib.DATASETS):
             continue
         kind = {int: int, float: float}.get(type(field.default), str)
         if field.name in ("train_examples", "test_examples", "start_epoch",
-                          "end_epoch", "sub_batch_size"):
+                          "end_epoch", "sub_batch_size", "image_size"):
             kind = int
         if field.name in ("radius", "grad_scale", "start_fraction"):
             kind = float

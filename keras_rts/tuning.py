@@ -195,7 +195,8 @@ class RTSHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         s = self.trial_settings(hp)
         keras.utils.set_random_seed(s.seed)  # as the recipe does
-        num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
+        num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir,
+                                                  s.image_size)
         model_kwargs, _ = experiment.method_plan(s)
         model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
                          **model_kwargs)

@@ -159,6 +159,30 @@ def test_grayscale_jpegs_get_three_channels(tiny_dir):
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
 
 
+def test_tiny_imagenet_resized_to_32_averages_2x2_blocks(tiny_dir):
+    assert data.shape("tiny_imagenet", tiny_dir, 32) == (20, (32, 32, 3))
+    small = _arrays(data.load("tiny_imagenet", "test", data_dir=tiny_dir,
+                              batch_size=100, test_examples=100,
+                              image_size=32))[0]
+    full = _arrays(data.load("tiny_imagenet", "test", data_dir=tiny_dir,
+                             batch_size=100, test_examples=100))[0]
+    assert small.shape == (100, 32, 32, 3)
+    # Undo the normalisation, average 2×2 blocks of the originals in NumPy.
+    mean, std = np.array(tiny_imagenet.MEAN), np.array(tiny_imagenet.STD)
+    pixels = np.round((full * std + mean) * 255.0)
+    blocks = pixels.reshape(100, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    want = (np.round(blocks) / 255.0 - mean) / std
+    np.testing.assert_allclose(small, want, atol=1.01 / 255 / std.min())
+    assert np.mean(np.abs(small - want) < 1e-4) > 0.95  # exact but ties
+
+
+@pytest.mark.parametrize("size", [4, 65, 32.0, True])
+def test_tiny_imagenet_bad_image_size(tiny_dir, size):
+    with pytest.raises(ValueError, match="image_size"):
+        data.load("tiny_imagenet", "test", data_dir=tiny_dir,
+                  image_size=size)
+
+
 def test_tiny_imagenet_training_subset_and_augmentation(tiny_dir):
     x, y = _arrays(data.load("tiny_imagenet", "train", data_dir=tiny_dir,
                              batch_size=100, train_examples=400, epochs=1))

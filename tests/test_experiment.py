@@ -80,6 +80,18 @@ def test_tiny_imagenet_recipe_end_to_end(tiny_dir, tmp_path):
     assert summary["grad_evals"] == 2 * 4
 
 
+@pytest.mark.slow
+def test_tiny_imagenet_recipe_at_32_pixels(tiny_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    _recipe("tiny_imagenet.py", "--preset", "cpu", "--method", "rts",
+            "--epochs", "2", "--train-examples", "256", "--batch-size", "64",
+            "--image-size", "32", "--data-dir", tiny_dir, "--output-dir",
+            run_dir, "--verbose", "0")
+    _, summary = _check_artefacts(run_dir, "rts", 2)
+    assert summary["settings"]["image_size"] == 32
+    assert summary["grad_evals"] == 4 + 2 * 4  # SGD epoch, then PUGD
+
+
 def _settings(tfds_dir, **changes):
     return dataclasses.replace(
         experiment.Settings(dataset="cifar10", method="t", model="small_resnet",
@@ -145,6 +157,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
     (dict(start_epoch=3), "start_epoch=3 is outside"),
     (dict(method="rts", radius=(0.1, 3.0)), "decreases"),
     (dict(sub_batch_size=0), "--sub-batch-size"),
+    (dict(image_size=32), "--image-size"),  # CIFAR is not resized
     (dict(sub_batch_size=32, perturbation="global"), "--sub-batch-size"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, changes, flag):

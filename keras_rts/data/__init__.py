@@ -20,19 +20,22 @@ def _check(name):
         )
 
 
-def shape(name, data_dir=None):
+def shape(name, data_dir=None, image_size=None):
     """`(num_classes, input_shape)` of a dataset.
 
     Args:
         name: one of `DATASETS`.
         data_dir: for `"tiny_imagenet"`, the dataset folder (its class
             count is that of `wnids.txt`).
+        image_size: for `"tiny_imagenet"`, the side images are resized to
+            (default 64, the originals).
     """
     _check(name)
     if name == "tiny_imagenet":
         if data_dir is None:
             raise ValueError("tiny_imagenet needs data_dir, its folder.")
-        return tiny_imagenet.num_classes(data_dir), (64, 64, 3)
+        side = image_size or tiny_imagenet.IMAGE_SIZE
+        return tiny_imagenet.num_classes(data_dir), (side, side, 3)
     return {"cifar10": 10, "cifar100": 100}[name], (32, 32, 3)
 
 

@@ -105,16 +105,32 @@ def list_files(root, split):
     return paths, np.asarray(labels, np.int32)
 
 
-def _decode(path, label):
+def _decode(path, label, image_size=IMAGE_SIZE):
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
     image = tf.image.resize_with_crop_or_pad(image, IMAGE_SIZE, IMAGE_SIZE)
+    if image_size != IMAGE_SIZE:
+        # Area averaging (no aliasing), back to uint8 like the originals.
+        image = tf.image.resize(image, [image_size, image_size], "area")
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return image, label
+
+
+def check_image_size(image_size):
+    """Raises a `ValueError` unless `image_size` is an int in [8, 64]."""
+    if (isinstance(image_size, bool) or not isinstance(image_size, int)
+            or not 8 <= image_size <= IMAGE_SIZE):
+        raise ValueError(
+            f"image_size must be an integer from 8 to {IMAGE_SIZE} (the "
+            f"images are resized down from {IMAGE_SIZE}×{IMAGE_SIZE}), got "
+            f"{image_size!r}."
+        )
 
 
 def load_tiny_imagenet(root, split="train", *, batch_size=128,
                        train_examples=None, validation_examples=0,
-                       test_examples=None, augment=None, cutout=0, seed=0, cache=True, epochs=None,
-                  initial_epoch=0):
+                       test_examples=None, image_size=IMAGE_SIZE,
+                       augment=None, cutout=0, seed=0, cache=True,
+                       epochs=None, initial_epoch=0):
     """Loads a Tiny ImageNet split as a batched, normalised `tf.data.Dataset`.
 
     Args:
@@ -128,8 +144,10 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
         validation_examples: training images held out (a fixed random
             subset, disjoint from the training images).
         test_examples: if set, only the first this many validation images.
-        augment: 4-pixel pad-and-crop and horizontal flip of the 64×64
-            images; defaults to true for `"train"`.
+        image_size: side of the images: 64, the originals, or smaller
+            (area-averaged down, e.g. 32 for a CIFAR-sized network cost).
+        augment: 4-pixel pad-and-crop and horizontal flip; defaults to true
+            for `"train"`.
         cutout: side of a cutout square (0: none).
         seed: seed of shuffling and augmentation.
         cache: cache the decoded, normalised images in memory.
@@ -139,11 +157,13 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: float32 images of shape
-        `(batch, 64, 64, 3)` (grayscale JPEGs get 3 channels), int32 labels.
+        `(batch, image_size, image_size, 3)` (grayscale JPEGs get 3
+        channels), int32 labels.
 
     Raises:
         ValueError: for a wrong or incomplete folder, naming what is missing.
     """
+    check_image_size(image_size)
     if split == "validation" and not validation_examples:
         raise ValueError(
             "split='validation' needs validation_examples > 0: the "
@@ -183,7 +203,8 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
             )
         paths, labels = paths[:test_examples], labels[:test_examples]
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
-        _decode, num_parallel_calls=tf.data.AUTOTUNE)
+        lambda path, label: _decode(path, label, image_size),
+        num_parallel_calls=tf.data.AUTOTUNE)
     return image_pipeline(
         dataset, mean=MEAN, std=STD, batch_size=batch_size,
         training=split == "train" if augment is None else augment,
