@@ -43,7 +43,7 @@ import tensorflow as tf
 
 import keras_rts
 
-# name: (method, perturb); None is a plain keras.Model.
+# name: (method, perturb[, sub_batch_size]); None is a plain keras.Model.
 STEPS = {
     "keras": None,
     "sgd": ("sgd", True),
@@ -52,6 +52,7 @@ STEPS = {
     "sam": ("sam", True),
     "asam": ("asam", True),
     "pugd": ("pugd", True),
+    "pugd_sub_batch_32": ("pugd", True, 32),
 }
 RATIOS = [
     # (numerator, denominator, floor)
@@ -61,6 +62,8 @@ RATIOS = [
     ("ugd", "sgd", 1.0),
     ("sgd", "keras", 1.0),
     ("pugd_perturb_off", "keras", 1.0),
+    # Same passes on four sub-batches of 32: what smaller batches cost.
+    ("pugd_sub_batch_32", "pugd", 1.0),
 ]
 
 
@@ -84,7 +87,8 @@ def _build(name, args):
         num_classes=10, input_shape=(32, 32, 3))
     spec = STEPS[name]
     model = net if spec is None else keras_rts.RTSModel(
-        net, method=spec[0], perturb=spec[1])
+        net, method=spec[0], perturb=spec[1],
+        sub_batch_size=spec[2] if len(spec) > 2 else None)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
