@@ -267,7 +267,10 @@ class RTSModel(keras.Model):
             self.built = True
 
     def build(self, input_shape):
-        if not self.model.built:
+        # A subclassed model without its own `build` creates its variables
+        # on its first call instead.
+        if not self.model.built and not getattr(self.model.build,
+                                                "_is_default", False):
             self.model.build(input_shape)
         self.built = True
 
@@ -565,20 +568,27 @@ class RTSModel(keras.Model):
         self._check_optimizer(self.optimizer)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         batch = (x, y, sample_weight)
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        # The arithmetic is done on the true (unscaled) gradients; the loss
-        # scale is a power of two, so unscaling and rescaling are exact.
-        loss_scale = _loss_scale(self.optimizer)
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context else 1
 
+        # The arithmetic is done on the true (unscaled) gradients; the loss
+        # scale is a power of two, so unscaling and rescaling are exact.
         share = None  # the direction before normalisation, if known
         if self.sub_batch_size is not None and self._perturbation is not None:
+            # The passes run inside a loop: every variable must exist
+            # before (a subclassed model creates its own on its first call).
+            if not all(layer.built for layer in self._flatten_layers()):
+                self._symbolic_build(data_batch=batch)
+            if not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+            loss_scale = _loss_scale(self.optimizer)
             loss, y_pred, grads, variables, share = self._sub_batch_passes(
                 batch, loss_scale)
         else:
             loss, y_pred, grads, variables = self._first_pass(batch)
+            if not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+            loss_scale = _loss_scale(self.optimizer)
             if loss_scale is not None:
                 grads = [g / loss_scale for g in grads]
         self._loss_tracker.update_state(

@@ -143,3 +143,39 @@ def test_mixed_float16_sub_batch_update_matches_float32():
     error = reference.norm([a - b for a, b in zip(updates["mixed_float16"],
                                                   updates["float32"])])
     assert error < 2e-2 * reference.norm(updates["float32"])
+
+
+class _Subclassed(keras.Model):
+    """Creates its variables on its first call (no `build`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.logits = keras.layers.Dense(3)
+
+    def call(self, x, training=None):
+        return self.logits(self.hidden(x))
+
+
+@pytest.mark.parametrize("sub_batch_size, parts", [(None, 1), (4, 4)])
+def test_subclassed_model_built_on_first_call(sub_batch_size, parts,
+                                              recwarn):
+    keras.utils.set_random_seed(2)
+    model = _compile(keras_rts.RTSModel(_Subclassed(), radius=0.5,
+                                        sub_batch_size=sub_batch_size))
+    x, y = _data()
+    history = _fit(model, x, y)
+    assert not [w for w in recwarn if "build()" in str(w.message)]
+    # The same steps from the weights it started with, in NumPy.
+    keras.utils.set_random_seed(2)
+    again = _Subclassed()
+    again(x[:1])
+    params = [v.numpy().astype(np.float64) for v in again.trainable_variables]
+    velocity = [np.zeros_like(p) for p in params]
+    for i in range(0, len(x), BATCH):
+        params, velocity = reference.replica_step(
+            params, velocity, x[i:i + BATCH].astype(np.float64),
+            y[i:i + BATCH], "pugd", replicas=parts, radius=0.5)
+    for got, want in zip(_trainable(model), params):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    assert history.history["grad_evals"] == [6]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every number of docs/results and docs/benchmarks, in order. Resumable:
+# finished runs are reused and an unfinished one continues from its last
+# epoch, so rerunning this script after an interruption continues it.
+# Run from the project's root with the project installed; DATA is the
+# folder of the shared datasets (default ../shared/datasets).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${DATA:-../shared/datasets}
+
+python recipes/compare.py --methods sgd sam pugd r t s rts --seeds 0 1 2 \
+    --output-dir docs/results/cifar10_small_resnet_5k_60 \
+    --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
+
+python recipes/compare.py --dataset tiny_imagenet --methods sgd pugd rts \
+    --seeds 0 1 2 --output-dir docs/results/tiny_imagenet20_small_resnet_32px_60 \
+    --preset cpu --epochs 60 --train-examples 4000 --image-size 32 \
+    --data-dir "$DATA/tiny-imagenet-20" --verbose 2
+
+for results in docs/results/cifar10_small_resnet_5k_60 \
+               docs/results/tiny_imagenet20_small_resnet_32px_60; do
+    python recipes/benchmark.py run-cost --results "$results" \
+        --output "$results"
+done
+
+# Benchmarks (run them on an otherwise idle machine).
+python recipes/benchmark.py run-cost --output docs/benchmarks
+python recipes/benchmark.py step-cost --steps 10 --rounds 8 \
+    --output docs/benchmarks
+TFDS_DATA_DIR="$DATA/tensorflow_datasets" python recipes/benchmark.py \
+    pipeline --data-dir "$DATA/tensorflow_datasets" --output docs/benchmarks
