@@ -284,19 +284,7 @@ class RTSModel(keras.Model):
         variable is written, so BatchNormalization statistics and the
         weights are left as they are.
         """
-        x, y, sample_weight = data
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            with keras.StatelessScope(
-                state_mapping=list(zip(variables, values)), collect_losses=True
-            ):
-                y_pred = self(x, training=True)
-                loss = self.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                    training=True,
-                )
-            loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, values)
+        grads = self._stateless_pass(data, variables, values, [], [])[2]
         return [
             ops.zeros_like(v) if g is None else tf.convert_to_tensor(g)
             for g, v in zip(grads, values)

@@ -81,8 +81,14 @@ def test_steps_match_numpy_reference(method, variant):
         _trainable(model), _moving(model.model), method,
         coupled_weight_decay=coupled, weight_decay=weight_decay or 0.0,
         **variant)
-    history = _fit(model, x, y, epochs=2)
-    for _ in range(2):
+    history = fit_both(model, ref, x, y, epochs=2)
+    assert history.history["grad_evals"][-1] == ref.grad_evals
+
+
+def fit_both(model, ref, x, y, epochs):
+    """Trains `model` and the NumPy `ref` alike; checks they agree."""
+    history = _fit(model, x, y, epochs=epochs)
+    for _ in range(epochs):
         for i in range(0, len(x), BATCH):
             ref.step(x[i:i + BATCH], y[i:i + BATCH])
     for got, want in zip(_trainable(model), ref.params):
@@ -90,7 +96,7 @@ def test_steps_match_numpy_reference(method, variant):
     for got, want in zip(_moving(model.model),
                          [ref.moving_mean, ref.moving_var]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert history.history["grad_evals"][-1] == ref.grad_evals
+    return history
 
 
 @pytest.fixture(params=["grappler_off", "grappler_on"])

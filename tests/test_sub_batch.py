@@ -7,7 +7,7 @@ import pytest
 import keras_rts
 from tests import reference
 from tests.test_model import (BATCH, _compile, _data, _fit, _moving, _net,
-                              _rts, _trainable)
+                              _rts, _trainable, fit_both)
 
 
 @pytest.mark.parametrize("method, sub_batch_size", [
@@ -24,15 +24,7 @@ def test_sub_batches_match_numpy_reference(method, sub_batch_size):
     ref = reference.ReferenceTrainer(
         _trainable(model), _moving(model.model), method, radius=0.5,
         sub_batch_size=sub_batch_size)
-    history = _fit(model, x, y, epochs=2)
-    for _ in range(2):
-        for i in range(0, len(x), BATCH):
-            ref.step(x[i:i + BATCH], y[i:i + BATCH])
-    for got, want in zip(_trainable(model), ref.params):
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
-    for got, want in zip(_moving(model.model),
-                         [ref.moving_mean, ref.moving_var]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    history = fit_both(model, ref, x, y, epochs=2)
     # Still two passes a step.
     assert history.history["grad_evals"][-1] == ref.grad_evals == 2 * 6
 
