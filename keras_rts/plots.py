@@ -72,6 +72,15 @@ def plot_comparison(curves, path, title=""):
                     color=line.get_color(), alpha=0.15)
     axes[0].set(xlabel="epoch", ylabel="test top-1 accuracy")
     axes[1].set(xlabel="gradient evaluations", ylabel="test top-1 accuracy")
+    # The first fifth of training, where every method climbs steeply, would
+    # squeeze the differences that matter into a thin band.
+    later = [a for _, _, accuracy, _ in curves.values()
+             for a in accuracy[len(accuracy) // 5:]]
+    if later:
+        top = max(a for _, _, accuracy, _ in curves.values()
+                  for a in accuracy)
+        for ax in axes:
+            ax.set_ylim(min(later) - 0.02, top + 0.01)
     axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()
