@@ -15,6 +15,8 @@ from keras_rts import comparison
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = sorted(glob.glob(os.path.join(ROOT, "docs", "results", "*",
                                           "results.json")))
+COMMITTED_RUNS = sorted(glob.glob(os.path.join(
+    ROOT, "docs", "results", "*", "runs", "*", "history.csv")))
 
 
 def _tables(markdown):
@@ -194,3 +196,31 @@ def test_a_difference_within_one_std_is_a_tie():
                     for f in (0.52, 0.47)]}  # +2, −3: mean −0.5, std 2.5
     accuracy, _ = _tables(comparison.table(comparison.aggregate(runs)))
     assert accuracy[1]["final top-1 verdict"] == "tie with sgd"
+
+
+@pytest.mark.skipif(not COMMITTED_RUNS, reason="no committed runs yet")
+@pytest.mark.parametrize("path", COMMITTED_RUNS, ids=[
+    "/".join(p.split(os.sep)[-4:-1:2]) for p in COMMITTED_RUNS])
+def test_committed_runs_follow_what_their_settings_give_today(path):
+    """ρ and λ of every committed epoch are what the run's settings give
+    with today's defaults: a change of default that would make the
+    documented command train something else fails here."""
+    from keras_rts import callbacks, experiment
+
+    folder = os.path.dirname(path)
+    with open(os.path.join(folder, "settings.json")) as f:
+        settings = experiment.Settings(**{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in json.load(f).items()})
+    kwargs, plan = experiment.method_plan(settings)
+    schedulers = {type(c): c for c in plan}
+    for row in experiment.read_history(path):
+        epoch = int(row["epoch"])
+        for name, kind in (("radius", callbacks.RadiusScheduler),
+                           ("grad_scale", callbacks.GradScaleScheduler)):
+            want = (schedulers[kind].value(epoch) if kind in schedulers
+                    else kwargs[name])
+            if name == "grad_scale" and want is None:
+                continue  # the method's own λ, checked by the model tests
+            assert float(row[name]) == pytest.approx(want, rel=1e-6,
+                                                     abs=1e-7), (name, epoch)
