@@ -44,18 +44,33 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None):
 
     Returns:
         The results (also written to `results.json`).
+
+    Raises:
+        ValueError: bad settings, or run folders made with other settings
+            (they would be reused as if they were the runs asked for).
     """
-    runs = [(m, s) for s in seeds for m in methods]  # seed-major: balanced
-    for method, seed in runs:  # check every run's settings before any work
-        experiment.validate(dataclasses.replace(settings, method=method,
-                                                seed=seed))
-    for method, seed in runs:
+    runs = {(m, s): dataclasses.replace(settings, method=m, seed=s)
+            for s in seeds for m in methods}  # seed-major: balanced
+    stale = []
+    for (method, seed), wanted in runs.items():  # all checks before any work
+        experiment.validate(wanted)
+        folder = run_dir(output_dir, method, seed)
+        if os.path.exists(os.path.join(folder, "settings.json")):
+            changed = experiment.settings_differences(
+                experiment.load_settings(folder), wanted)
+            if changed:
+                stale.append(f"{folder} ({', '.join(changed)})")
+    if stale:
+        raise ValueError(
+            "These runs were made with other settings than the ones asked "
+            "for, and would be reused: " + "; ".join(stale) + ". Choose "
+            "another --output-dir; nothing was changed.")
+    for (method, seed), wanted in runs.items():
         folder = run_dir(output_dir, method, seed)
         if os.path.exists(os.path.join(folder, "summary.json")):
             continue
         experiment.run(
-            dataclasses.replace(settings, method=method, seed=seed),
-            output_dir=folder,
+            wanted, output_dir=folder,
             resume=os.path.exists(os.path.join(folder, "settings.json")),
             verbose=verbose)
     return write_results(output_dir, methods, seeds, command)

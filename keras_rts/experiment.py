@@ -3,7 +3,9 @@
 A run is described by `Settings` (one field per command-line flag, the same
 names) and carried out by `run`, which writes into its output folder:
 
-- `settings.json`: the settings, written first;
+- `settings.json`: the settings, written first, with ρ and λ spelt out
+  (`Settings.resolved`), so that the run keeps its meaning when a default
+  changes;
 - `history.csv`: one row per epoch (Keras' `CSVLogger`), with train and
   test loss and top-1, `radius`, `grad_scale`, `perturb`, `grad_evals`,
   `perturb_start_epoch` and the cumulative `wall_time` and `cpu_time`;
@@ -138,12 +140,56 @@ class Settings:
     def method_radius(self):
         return tuple(self.radius or DEFAULT_RADIUS[self.method])
 
+    def resolved(self):
+        """These settings with the method's default ρ and λ filled in.
+
+        Returns:
+            A copy whose `radius` (and, for `s`/`rts`, `grad_scale`) are
+            the values the run uses, so that a saved run does not change
+            meaning when a default does. λ stays `None` for the other
+            methods: their λ is the method's own (SPEC §1).
+        """
+        grad_scale = self.method_grad_scale()
+        return dataclasses.replace(
+            self, radius=self.method_radius(),
+            grad_scale=None if grad_scale == (None,) else grad_scale)
+
     def method_grad_scale(self):
         if self.grad_scale:
             return tuple(self.grad_scale)
         if self.method in ("s", "rts"):
             return DEFAULT_GRAD_SCALE
         return (None,)  # the method's own λ
+
+
+LOCATION_FIELDS = ("data_dir",)
+"""Where a run reads its data from: not part of what the run computes."""
+
+
+def load_settings(folder):
+    """The `Settings` of the run in `folder`, from its `settings.json`.
+
+    Fields newer than the run take their defaults; ρ and λ left unset by
+    runs made before settings were saved resolved take today's defaults.
+    """
+    with open(os.path.join(folder, "settings.json")) as f:
+        saved = json.load(f)
+    return Settings(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in saved.items()})
+
+
+def settings_differences(saved, wanted):
+    """The fields in which two `Settings` describe different runs.
+
+    ρ and λ are compared as the runs use them (`Settings.resolved`); the
+    data's location (`LOCATION_FIELDS`) is ignored.
+
+    Returns:
+        The sorted names of the differing fields.
+    """
+    a = dataclasses.asdict(saved.resolved())
+    b = dataclasses.asdict(wanted.resolved())
+    return sorted(k for k in a if k not in LOCATION_FIELDS and a[k] != b[k])
 
 
 def _error(flag, message):
@@ -318,7 +364,7 @@ def _summary(settings, rows, final, grad_evals):
         "evaluated_on": ("validation" if settings.validation_examples
                          else "test"),
         "seed": settings.seed,
-        "settings": dataclasses.asdict(settings),
+        "settings": dataclasses.asdict(settings.resolved()),
         "final_test_top1": final,
         "best_test_top1": max(accuracies),
         "best_epoch": int(np.argmax(accuracies)),
@@ -368,28 +414,20 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         raise ValueError(
             f"{output_dir} already holds a finished run (summary.json); "
             "choose another output folder — nothing was overwritten.")
-    settings_dict = dataclasses.asdict(settings)
     started = os.path.exists(paths["settings.json"])
     if started and not resume:
         raise ValueError(
             f"{output_dir} holds an unfinished run: pass --resume to "
             "continue it, or choose another output folder.")
     if started:
-        with open(paths["settings.json"]) as f:
-            saved = json.load(f)
-        saved = {k: tuple(v) if isinstance(v, list) else v
-                 for k, v in saved.items()}
-        # A field newer than the run counts as its default.
-        defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
-        changed = {k for k in settings_dict
-                   if saved.get(k, defaults[k]) != settings_dict[k]}
+        changed = settings_differences(load_settings(output_dir), settings)
         if changed:
             raise ValueError(
                 f"Cannot resume {output_dir}: its settings differ in "
-                f"{sorted(changed)}.")
+                f"{changed}.")
     os.makedirs(output_dir, exist_ok=True)
     with open(paths["settings.json"], "w") as f:
-        json.dump(settings_dict, f, indent=2)
+        json.dump(dataclasses.asdict(settings.resolved()), f, indent=2)
 
     initial_epoch = _backup_epoch(paths["backup"]) if resume else 0
     rows = [r for r in read_history(paths["history.csv"])

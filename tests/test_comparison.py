@@ -224,3 +224,24 @@ def test_committed_runs_follow_what_their_settings_give_today(path):
                 continue  # the method's own λ, checked by the model tests
             assert float(row[name]) == pytest.approx(want, rel=1e-6,
                                                      abs=1e-7), (name, epoch)
+
+
+def test_runs_made_with_other_settings_are_refused_before_any_work(
+        tmp_path):
+    import dataclasses
+
+    from keras_rts import experiment
+
+    settings = experiment.Settings(model="small_resnet", epochs=3,
+                                   train_examples=256, batch_size=64)
+    out = tmp_path / "cmp"
+    old = out / "runs" / "pugd_seed1"
+    old.mkdir(parents=True)
+    (old / "settings.json").write_text(json.dumps(dataclasses.asdict(
+        dataclasses.replace(settings, method="pugd", seed=1, epochs=5))))
+    (old / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"pugd_seed1 \(epochs\).*nothing "
+                                         r"was changed"):
+        comparison.compare(settings, ["sgd", "pugd"], [0, 1], str(out))
+    assert sorted(os.listdir(out / "runs")) == ["pugd_seed1"]
+    assert sorted(os.listdir(old)) == ["settings.json", "summary.json"]

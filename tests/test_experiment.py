@@ -61,12 +61,15 @@ def test_cifar_recipe_end_to_end(tfds_dir, tmp_path):
                      "--output-dir", run_dir, "--verbose", "2")
     assert "final test top-1" in result.stdout
     rows, summary = _check_artefacts(run_dir, "rts", 2)
-    # RTS defaults: SGD in epoch 0, PUGD in epoch 1; ρ from 3, λ from 1.
+    # RTS defaults: SGD in epoch 0, PUGD in epoch 1; ρ and λ from their
+    # first values.
     assert [float(r["perturb"]) for r in rows] == [0.0, 1.0]
     assert summary["perturb_start_epoch"] == 1
     assert summary["grad_evals"] == 4 + 2 * 4
-    assert float(rows[0]["radius"]) == 3.0
+    assert float(rows[0]["radius"]) == experiment.DEFAULT_RADIUS["rts"][0]
     assert summary["settings"]["model"] == "small_resnet"  # the cpu preset
+    assert tuple(summary["settings"]["radius"]) == (
+        experiment.DEFAULT_RADIUS["rts"])
     assert not os.path.exists(os.path.join(run_dir, "backup"))
 
 
@@ -206,3 +209,30 @@ def test_method_plans(method, base, kinds):
     variance = experiment.method_plan(dataclasses.replace(
         s, method="t", timing="variance"))[1]
     assert isinstance(variance[0], callbacks.GradNormVarianceTrigger)
+
+
+def test_saved_settings_spell_out_the_method_defaults(tmp_path):
+    """A run's settings.json records the ρ and λ it trains with, so a later
+    change of default neither changes what the run means nor lets it be
+    resumed or reused as a run of the new default."""
+    s = experiment.Settings(method="rts", epochs=10)
+    resolved = s.resolved()
+    assert resolved.radius == experiment.DEFAULT_RADIUS["rts"]
+    assert resolved.grad_scale == experiment.DEFAULT_GRAD_SCALE
+    assert experiment.Settings(method="pugd").resolved().grad_scale is None
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "settings.json").write_text(
+        json.dumps(dataclasses.asdict(resolved)))
+    loaded = experiment.load_settings(str(folder))
+    assert loaded.radius == resolved.radius
+    assert experiment.settings_differences(loaded, s) == []
+    # The data's location is not part of the run; ρ is.
+    assert experiment.settings_differences(
+        loaded, dataclasses.replace(s, data_dir="/elsewhere")) == []
+    assert experiment.settings_differences(
+        loaded, dataclasses.replace(s, radius=(2.0, 0.1))) == ["radius"]
+    # A run saved before ρ was spelt out means today's default.
+    (folder / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
+    assert experiment.settings_differences(
+        experiment.load_settings(str(folder)), resolved) == []
