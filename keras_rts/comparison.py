@@ -213,6 +213,24 @@ def _machine():
             "cpus": os.cpu_count()}
 
 
+def describe_machine(*parts):
+    """One line for the dictionaries of `_machine` and library versions.
+
+    Example:
+
+    >>> describe_machine({"processor": "x86_64", "cpus": 2}, {"keras": "3"})
+    'x86_64, 2 CPU cores; keras 3'
+    """
+    machine = {}
+    for part in parts:
+        machine.update(part)
+    head = ", ".join(filter(None, [
+        machine.pop("processor", None),
+        f"{machine.pop('cpus')} CPU cores" if "cpus" in machine else None]))
+    rest = ", ".join(f"{k} {v}" for k, v in machine.items())
+    return "; ".join(filter(None, [head, rest]))
+
+
 def write_results(output_dir, methods, seeds, command=None):
     """Writes `results.json`, `results.md` and `comparison.png` from the runs."""
     runs = load_runs(output_dir, methods, seeds)
@@ -237,8 +255,8 @@ def write_results(output_dir, methods, seeds, command=None):
             "percentage points; the verdict is by the mean difference, a "
             "tie when it is within one std.\n\n" + table(aggregates)
             + "\n\n"
-            f"Command: `{command}`  \nMachine: {results['machine']}, "
-            f"{results['versions']}\n")
+            f"Command: `{command}`  \nMachine: "
+            f"{describe_machine(results['machine'], results['versions'])}\n")
     plots.plot_comparison(
         _curves(output_dir, methods, seeds),
         os.path.join(output_dir, "comparison.png"),

@@ -245,9 +245,11 @@ class QuarterCosine(Schedule):
         self.duration = _check_positive("duration", duration)
 
     def __call__(self, t):
+        progress = _progress(t, self.duration)
+        if progress >= 1:  # exactly: cos(π/2) is 6e-17 in floating point
+            return self.minimum
         return self.minimum + (self.maximum - self.minimum) * math.cos(
-            0.5 * math.pi * _progress(t, self.duration)
-        )
+            0.5 * math.pi * progress)
 
     def get_config(self):
         return {"maximum": self.maximum, "minimum": self.minimum,

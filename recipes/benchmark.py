@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_rts
+from keras_rts import comparison
 
 # name: (method, perturb[, sub_batch_size]); None is a plain keras.Model.
 STEPS = {
@@ -147,7 +148,7 @@ def step_cost(args):
             f"{k} {v * 1000:.1f} ms" for k, v in median.items()) + ".",
         "",
         f"Command: `{result['command']}`",
-        f"Machine: {result['machine']}",
+        f"Machine: {comparison.describe_machine(result['machine'])}",
     ]
     table = "\n".join(lines)
     print(table)
@@ -225,7 +226,7 @@ def pipeline(args):
          for m, r in rates.items()] + [
         "",
         f"Command: `{result['command']}`",
-        f"Machine: {result['machine']}",
+        f"Machine: {comparison.describe_machine(result['machine'])}",
     ])
     print(table)
     _write(args.output, f"pipeline_{args.dataset}", result, table)
@@ -367,7 +368,8 @@ def measure_run_cost(args):
         f"{r['evals_vs_sgd']:.3f} | {r['cpu_vs_sgd']:.3f} | "
         f"{r['wall_vs_sgd']:.3f} | {r['predicted_vs_pugd']:.3f} | "
         f"{r['cpu_vs_pugd']:.3f} | {r['wall_vs_pugd']:.3f} |" for r in rows
-    ] + ["", f"Command: `{command}`", f"Machine: {_machine()}"]
+    ] + ["", f"Command: `{command}`",
+         f"Machine: {comparison.describe_machine(_machine())}"]
     table = "\n".join(lines)
     print(table)
     _write(args.output, f"run_cost_{args.model}",
