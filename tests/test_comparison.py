@@ -245,3 +245,20 @@ def test_runs_made_with_other_settings_are_refused_before_any_work(
         comparison.compare(settings, ["sgd", "pugd"], [0, 1], str(out))
     assert sorted(os.listdir(out / "runs")) == ["pugd_seed1"]
     assert sorted(os.listdir(old)) == ["settings.json", "summary.json"]
+
+
+def test_the_results_page_quotes_its_tables_from_the_committed_files():
+    """Every table row of docs/results/README.md is a row of a table that a
+    command wrote (a results.md or run_cost.md under docs/results or
+    docs/benchmarks): no number of the page is typed by hand."""
+    page = os.path.join(ROOT, "docs", "results", "README.md")
+    written = set()
+    for pattern in (("docs", "results", "*", "*.md"),
+                    ("docs", "benchmarks", "*.md")):
+        for path in glob.glob(os.path.join(ROOT, *pattern)):
+            with open(path) as f:
+                written.update(line.strip() for line in f
+                               if line.startswith("|"))
+    with open(page) as f:
+        rows = [line.strip() for line in f if line.startswith("|")]
+    assert [r for r in rows if r not in written] == []
