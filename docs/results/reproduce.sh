@@ -13,6 +13,13 @@ python recipes/compare.py --methods sgd sam pugd r t s rts --seeds 0 1 2 \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
 
+# Method r with the radius it had by default before these results:
+# ρ cosine from 3 to 0.1 (the reason the default is now 1 to 0.1).
+python recipes/compare.py --methods r --radius 3 0.1 --seeds 0 1 2 \
+    --output-dir docs/results/cifar10_small_resnet_5k_60_r_radius_3 \
+    --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
+
 python recipes/compare.py --dataset tiny_imagenet --methods sgd pugd rts \
     --seeds 0 1 2 --output-dir docs/results/tiny_imagenet20_small_resnet_32px_60 \
     --preset cpu --epochs 60 --train-examples 4000 --image-size 32 \
