@@ -206,7 +206,8 @@ def _curves(output_dir, methods, seeds):
     return curves
 
 
-def _machine():
+def machine():
+    """The processor and the number of CPU cores of this machine."""
     import platform
 
     return {"processor": platform.processor() or platform.machine(),
@@ -214,7 +215,7 @@ def _machine():
 
 
 def describe_machine(*parts):
-    """One line for the dictionaries of `_machine` and library versions.
+    """One line for the dictionaries of `machine` and library versions.
 
     Example:
 
@@ -238,7 +239,7 @@ def write_results(output_dir, methods, seeds, command=None):
     first = runs[methods[0]][0]["settings"]
     shared = {k: v for k, v in first.items() if k not in ("method", "seed")}
     results = {"methods": list(methods), "seeds": list(seeds),
-               "settings": shared, "command": command, "machine": _machine(),
+               "settings": shared, "command": command, "machine": machine(),
                "versions": runs[methods[0]][0]["versions"],
                "aggregates": aggregates, "runs": runs}
     with open(os.path.join(output_dir, "results.json"), "w") as f:

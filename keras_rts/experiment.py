@@ -173,8 +173,9 @@ LOCATION_FIELDS = ("data_dir",)
 def load_settings(folder):
     """The `Settings` of the run in `folder`, from its `settings.json`.
 
-    Fields newer than the run take their defaults; ρ and λ left unset by
-    runs made before settings were saved resolved take today's defaults.
+    Fields newer than the run take their defaults. Runs saved before ρ and
+    λ were spelt out hold `None` there, which `Settings.resolved` reads as
+    today's defaults.
     """
     with open(os.path.join(folder, "settings.json")) as f:
         saved = json.load(f)

@@ -158,13 +158,8 @@ def step_cost(args):
 
 
 def _machine():
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    }
+    return {**comparison.machine(), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 def pipeline(args):
