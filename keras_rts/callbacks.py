@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from keras_rts import schedules
+from keras_rts.backend import assign_between_steps
 from keras_rts.model import RTSModel
 from keras_rts.timing_state import GRAD_NORM_CAPACITY
 
@@ -97,12 +98,16 @@ class _VariableScheduler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         if not self.per_step:
-            getattr(self.model, self.variable).assign(self.value(epoch))
+            assign_between_steps(self.model,
+                                 getattr(self.model, self.variable),
+                                 self.value(epoch))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.per_step:
             step = self._epoch * self.params["steps"] + batch
-            getattr(self.model, self.variable).assign(self.value(step))
+            assign_between_steps(self.model,
+                                 getattr(self.model, self.variable),
+                                 self.value(step))
 
 
 class RadiusScheduler(_VariableScheduler):
@@ -169,7 +174,8 @@ class _Trigger(keras.callbacks.Callback):
         return None if math.isnan(value) else value
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.perturb.assign(self._started(epoch))
+        assign_between_steps(self.model, self.model.perturb,
+                             self._started(epoch))
 
 
 class PerturbationWindow(_Trigger):
@@ -250,7 +256,8 @@ class PerturbationWindow(_Trigger):
         if epoch >= self._start and self.perturb_start_epoch is None:
             self._switch_on_from(self._start)
         end = self.end_epoch
-        self.model.perturb.assign(
+        assign_between_steps(
+            self.model, self.model.perturb,
             self._start <= epoch and (end is None or epoch < end)
         )
 

@@ -19,6 +19,7 @@ The methods, in one frame (`g` the gradient at `w`, `g*` the gradient at
 """
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 from keras import ops
@@ -30,14 +31,23 @@ DELTA = 1e-12
 def global_norm(tensors):
     """Returns the L2 norm of a list of tensors taken together as one vector.
 
+    The tensors are divided by their largest magnitude before squaring, so
+    a finite list, however large or small its entries, has a finite norm
+    (float32 would overflow at about 1e19 otherwise). A list holding an
+    infinity or a NaN has a non-finite norm.
+
     Args:
         tensors: list of tensors of any shapes.
 
     Returns:
         A scalar float32 tensor.
     """
-    return ops.sqrt(
-        sum(ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors)
+    tensors = [ops.cast(t, "float32") for t in tensors]
+    largest = ops.max(ops.stack([ops.max(ops.abs(t)) for t in tensors]))
+    # All zeros: divide by one instead (the norm is 0).
+    divisor = ops.where(largest > 0, largest, ops.ones_like(largest))
+    return divisor * ops.sqrt(
+        sum(ops.sum(ops.square(t / divisor)) for t in tensors)
     )
 
 
@@ -143,32 +153,49 @@ class Method:
 
     Attributes:
         name: the method's name.
-        perturbation: `f(grads, weights, radius) -> ε`, or `None` for the
+        epsilon: `f(grads, weights, radius) -> ε`, or `None` for the
             one-pass methods.
+        default_radius: the `ρ` used when the user gives none.
         default_grad_scale: the `λ` used when the user gives none.
         normalize: whether the direction is scaled to unit norm.
     """
 
     name: str
-    perturbation: Optional[Callable]
+    epsilon: Optional[Callable]
+    default_radius: float
     default_grad_scale: float
     normalize: bool
 
+    @property
+    def passes(self):
+        """Forward/backward passes of a step that perturbs: 1 or 2."""
+        return 1 if self.epsilon is None else 2
+
 
 METHODS = {
-    "sgd": Method("sgd", None, 0.0, normalize=False),
-    "ugd": Method("ugd", None, 0.0, normalize=True),
-    "sam": Method("sam", sam_perturbation, 0.0, normalize=False),
-    "asam": Method("asam", asam_perturbation, 0.0, normalize=False),
-    "pugd": Method("pugd", pugd_perturbation, 1.0, normalize=True),
+    "sgd": Method("sgd", None, 0.0, 0.0, normalize=False),
+    "ugd": Method("ugd", None, 0.0, 0.0, normalize=True),
+    "sam": Method("sam", sam_perturbation, 0.05, 0.0, normalize=False),
+    "asam": Method("asam", asam_perturbation, 0.5, 0.0, normalize=False),
+    "pugd": Method("pugd", pugd_perturbation, 1.0, 1.0, normalize=True),
 }
-"""The methods of SPEC §1 by name."""
+"""The methods of SPEC §1 by name, with their published default ρ and λ
+(SAM's ρ 0.05 and ASAM's 0.5 from their papers' CIFAR setups, PUGD's 1)."""
 
 
-def get_method(name):
-    """Returns the `Method` called `name`, or raises a `ValueError`."""
-    if name not in METHODS:
+def get_method(name, eta=0.01):
+    """Returns the `Method` called `name`, or raises a `ValueError`.
+
+    Args:
+        name: one of `METHODS`.
+        eta: ASAM's offset `η`, bound into its `epsilon`.
+    """
+    if not isinstance(name, str) or name not in METHODS:
         raise ValueError(
             f"Unknown method={name!r}: expected one of {sorted(METHODS)}."
         )
-    return METHODS[name]
+    method = METHODS[name]
+    if name == "asam":
+        method = dataclasses.replace(
+            method, epsilon=functools.partial(asam_perturbation, eta=eta))
+    return method

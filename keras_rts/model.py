@@ -1,23 +1,26 @@
-"""`RTSModel`: a Keras model trained by sharpness-aware steps (SPEC §1)."""
+"""`RTSModel`: a Keras model trained by sharpness-aware steps (SPEC §1).
 
-import functools
+This module holds the method, written once for every backend in
+`keras.ops`: the two passes of one (sub-)batch, the global direction and
+what a step commits. How gradients are taken, how state is committed and
+how replicas combine is the backend's (`keras_rts.backend`).
+"""
+
+import collections
 import math
+import numbers
 
 import keras
-import tensorflow as tf
 from keras import ops
 
-from keras_rts import directions
+from keras_rts import backend, directions
 from keras_rts.timing_state import TimingState
-
-# Keras' own helper for the loss tracker (the same call as in its train_step).
-from keras.src.losses.loss import unscale_loss_for_distribution
 
 
 def _check_finite_number(name, value, allow_none=False):
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}.")
     if not math.isfinite(value) or value < 0:
         raise ValueError(
@@ -25,84 +28,23 @@ def _check_finite_number(name, value, allow_none=False):
         )
 
 
-def _loss_scale(optimizer):
-    """The factor by which `optimizer.scale_loss` multiplies, or `None`."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return optimizer.dynamic_scale
-    return optimizer.loss_scale_factor
+Passes = collections.namedtuple(
+    "Passes", "loss y_pred grads direction state")
+"""One (sub-)batch's passes: the loss and predictions of the first pass,
+its gradients `g` (`None` for variables without one), the direction
+`d = g* + λ·g` (`g` itself when the step does not perturb) and the state
+(BatchNormalization statistics, seeds) after the first pass."""
 
-
-def _all_finite(tensors):
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
-
-
-def _apply_if_finite(optimizer, grads, variables, finite):
-    """Applies `grads` unless `finite` is false, where Keras would apply.
-
-    A `LossScaleOptimizer` already skips non-finite steps (and lowers its
-    scale), so it is called as is. For any other optimizer the same pattern
-    is used: under a strategy that needs `merge_call`, the conditional is
-    taken in cross-replica context, because a branch that calls `merge_call`
-    (as `optimizer.apply` does) cannot live in a replica-context `tf.cond`.
-    """
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            # It checks the first replica's gradients only: make every
-            # replica's non-finite when any replica's step is.
-            grads = [tf.where(finite, g, tf.cast(float("nan"), g.dtype))
-                     for g in grads]
-        optimizer.apply(grads, variables)
-        return
-
-    def apply():
-        optimizer.apply(grads, variables)
-
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(finite, apply, lambda: None)
-        return
-
-    def apply_replica(grads):
-        optimizer.apply(grads, variables)
-
-    def cross_replica(distribution, grads, finite):
-        # Skip on every replica if the step is not finite on any.
-        finite = tf.reduce_all(distribution.experimental_local_results(finite))
-        tf.cond(
-            finite,
-            lambda: distribution.extended.call_for_each_replica(
-                apply_replica, args=(grads,)
-            ),
-            lambda: None,
-        )
-
-    tf.distribute.get_replica_context().merge_call(
-        cross_replica, args=(grads, finite)
-    )
-
-
-def _is_multi_worker(strategy):
-    """Whether Keras reduces step outputs with a collective along axis 0.
-
-    Keras 3 does so under a `MultiWorkerMirroredStrategy` with several
-    workers (the test of its `reduce_per_replica`), which fails on scalar
-    logs (keras-team/keras#20585).
-    """
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    )
-
-
-def _one_dimensional(logs):
-    """Scalar logs as shape-[1] tensors, which the reduction along axis 0
-    of `_is_multi_worker` turns back into the mean over replicas."""
-    return {k: tf.reshape(v, [-1]) if v.shape.rank == 0 else v
-            for k, v in ((k, tf.convert_to_tensor(v)) for k, v in logs.items())}
+Step = collections.namedtuple(
+    "Step", "loss y_pred direction state finite grad_norm")
+"""A whole step, before anything is committed: the direction to apply
+(`None` for variables without a gradient; NaN everywhere when the step
+is skipped), the new values of the model's non-trainable variables,
+whether the step is applied, and `‖g‖` of the global batch."""
 
 
 @keras.saving.register_keras_serializable(package="keras_rts")
-class RTSModel(keras.Model):
+class RTSModel(backend.Trainer, keras.Model):
     """Wraps a Keras model and trains it with a sharpness-aware step.
 
     Each training step follows SPEC §1. For `pugd` (the default):
@@ -134,7 +76,9 @@ class RTSModel(keras.Model):
     Args:
         model: the `keras.Model` to train.
         method: one of `"sgd"`, `"ugd"`, `"sam"`, `"asam"`, `"pugd"`.
-        radius: the perturbation radius `ρ` (non-negative).
+        radius: the perturbation radius `ρ` (non-negative); `None` means
+            the method's default (0.05 for `sam`, 0.5 for `asam`, 1 for
+            `pugd`; `keras_rts.METHODS`).
         grad_scale: the gradient scale `λ` in `d = g* + λ · g`; `None` means
             the method's default (1 for `pugd`, 0 for `sam` and `asam`).
         perturb: whether the method's step is on; when false each step is a
@@ -182,7 +126,7 @@ class RTSModel(keras.Model):
         self,
         model,
         method="pugd",
-        radius=1.0,
+        radius=None,
         grad_scale=None,
         perturb=True,
         weight_decay=0.0,
@@ -196,7 +140,10 @@ class RTSModel(keras.Model):
                 "model must be a keras.Model (e.g. a Sequential or "
                 f"functional model), got {type(model).__name__}."
             )
-        method_spec = directions.get_method(method)
+        backend.check_supported()
+        method_spec = directions.get_method(method, eta=eta)
+        if radius is None:
+            radius = method_spec.default_radius
         _check_finite_number("radius", radius)
         _check_finite_number("grad_scale", grad_scale, allow_none=True)
         _check_finite_number("weight_decay", weight_decay)
@@ -217,6 +164,11 @@ class RTSModel(keras.Model):
                 "sub_batch_size must be a positive integer (examples per "
                 f"sub-batch) or None, got {sub_batch_size!r}."
             )
+        if sub_batch_size is not None and method_spec.epsilon is None:
+            raise ValueError(
+                f"sub_batch_size forms one ε per sub-batch, but "
+                f"method={method!r} does not perturb (one pass); use "
+                "sub_batch_size=None.")
         if sub_batch_size is not None and perturbation == "global":
             raise ValueError(
                 "sub_batch_size forms one ε per sub-batch, which contradicts "
@@ -239,11 +191,6 @@ class RTSModel(keras.Model):
         self._initial = dict(
             radius=float(radius), grad_scale=float(grad_scale), perturb=perturb
         )
-        self._perturbation = method_spec.perturbation
-        if method == "asam":
-            self._perturbation = functools.partial(
-                directions.asam_perturbation, eta=self.eta
-            )
 
         def state(name, value, dtype, aggregation="none"):
             return self.add_weight(
@@ -263,8 +210,13 @@ class RTSModel(keras.Model):
             "skipped_steps", 0, "int64", "only_first_replica"
         )
         self.timing = TimingState(name="timing")
+        self._state_index = {}
+        self._perturbing = True  # the phase a TensorFlow trace is for
         if model.built:
             self.built = True
+
+
+    _step_type = Step
 
     def build(self, input_shape):
         # A subclassed model without its own `build` creates its variables
@@ -277,60 +229,198 @@ class RTSModel(keras.Model):
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
-    def _gradients_at(self, data, variables, values):
-        """Gradients of the scaled loss with `variables` read as `values`.
+    # The method (SPEC §1), stateless and backend-neutral.
 
-        The forward pass runs in training mode inside a `StatelessScope`: no
-        variable is written, so BatchNormalization statistics and the
-        weights are left as they are.
+    def _method_on(self, perturbing):
+        """Whether a step of this phase runs the method (not plain sgd)."""
+        return perturbing and self._method.name != "sgd"
+
+    def _passes(self, pass_fn, batch, weights, state, settings, perturbing,
+                sources=None):
+        """This (sub-)batch's passes: `g`, and `g*` at `w + ε` if perturbing.
+
+        `pass_fn(batch, weights, state) -> (loss, y_pred, grads,
+        new_state)` is the backend's forward/backward pass at the given
+        values, writing no variable. `sources(g)` gives the gradients ε is
+        formed from (the replicas' sum for `perturbation="global"`).
         """
-        grads = self._stateless_pass(data, variables, values, [], [])[2]
-        return [
-            ops.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, values)
-        ]
+        loss, y_pred, grads, new_state = pass_fn(batch, weights, state)
+        if not (self._method_on(perturbing) and self._method.epsilon):
+            return Passes(loss, y_pred, grads, grads, new_state)
+        radius, grad_scale = settings
+        g = _zeros_for_none(grads, weights)
+        epsilon = self._method.epsilon(
+            g if sources is None else sources(g), weights, radius)
+        perturbed = [w + e for w, e in zip(weights, epsilon)]
+        # Its state updates are dropped: statistics move in the first pass.
+        _, _, perturbed_grads, _ = pass_fn(batch, perturbed, new_state)
+        direction = directions.combine(
+            _zeros_for_none(perturbed_grads, weights), g, grad_scale)
+        return Passes(loss, y_pred, grads, _none_where(direction, grads),
+                      new_state)
 
-    def _combined_direction(self, data, grads, sources, variables,
-                            loss_scale):
-        """`d = g* + λ·g`, with ε formed from `sources` (unscaled)."""
-        if self._perturbation is None:
-            return grads
-        weights = [tf.convert_to_tensor(v) for v in variables]
-        epsilon = self._perturbation(sources, weights, self.radius)
-        perturbed_grads = self._gradients_at(
-            data, variables, [w + e for w, e in zip(weights, epsilon)]
-        )
+    def _sub_batch_passes(self, pass_fn, batch, weights, state, settings):
+        """`_passes` per sub-batch of `sub_batch_size` examples, averaged.
+
+        `g`, `d`, the loss and the floating state (moving statistics) are
+        the sub-batches' means weighted by their sizes, each sub-batch's
+        statistics moving from their value before the step; other state
+        (seeds) carries from one sub-batch to the next.
+        """
+        floating = ["float" in keras.backend.standardize_dtype(s.dtype)
+                    for s in state]
+        has_grad = []  # known once the body is traced
+
+        def body(part, fraction, carry):
+            loss, grads, direction, means, current = carry
+            before = [s if f else c
+                      for s, c, f in zip(state, current, floating)]
+            p = self._passes(pass_fn, part, weights, before, settings, True)
+            has_grad[:] = [g is not None for g in p.grads]
+
+            def add(total, new):
+                return [t if n is None else t + ops.cast(fraction, n.dtype)
+                        * n for t, n in zip(total, new)]
+
+            carry = (loss + fraction * ops.cast(p.loss, "float32"),
+                     add(grads, p.grads), add(direction, p.direction),
+                     [t + ops.cast(fraction, n.dtype) * n if f else t
+                      for t, n, f in zip(means, p.state, floating)],
+                     [c if f else n
+                      for c, n, f in zip(current, p.state, floating)])
+            return carry, p.y_pred
+
+        zeros = [ops.zeros_like(w) for w in weights]
+        initial = (ops.zeros((), "float32"), zeros, list(zeros),
+                   [ops.zeros_like(s) if f else s
+                    for s, f in zip(state, floating)], list(state))
+        carry, y_pred = self._sub_batch_loop(
+            batch, self.sub_batch_size, body, initial)
+        loss, grads, direction, means, current = carry
+        new_state = [m if f else c
+                     for m, c, f in zip(means, current, floating)]
+        grads = [g if h else None for g, h in zip(grads, has_grad)]
+        return Passes(loss, y_pred, grads, _none_where(direction, grads),
+                      new_state)
+
+    def _step(self, pass_fn, batch, weights, state, perturbing,
+              loss_scale=None, sum_over_replicas=None):
+        """One training step, computed without writing any variable.
+
+        This replica's passes, then the global direction: summed over
+        replicas (each replica's gradient is its share of the mean), then
+        normalised, then coupled weight decay; then whether it is finite,
+        and the state to commit — unchanged except `skipped_steps` when it
+        is not.
+
+        Args:
+            pass_fn: the backend's pass (see `_passes`).
+            batch: `(x, y, sample_weight)`.
+            weights: values of `trainable_variables`.
+            state: values of `non_trainable_variables`.
+            perturbing: the phase, a Python bool.
+            loss_scale: the optimizer's loss scale (mixed precision) or
+                `None`; gradients are unscaled by it, the direction
+                rescaled by it.
+            sum_over_replicas: `f(list) -> list` summing over replicas, or
+                `None` on one device.
+
+        Returns:
+            A `Step`.
+        """
+        read = self._state_reader(state)
+        settings = (read(self.radius), read(self.grad_scale))
+        method_on = self._method_on(perturbing)
+        if self.sub_batch_size and method_on:
+            passes = self._sub_batch_passes(
+                pass_fn, batch, weights, state, settings)
+        else:
+            sources = None
+            if self.perturbation == "global" and sum_over_replicas:
+                sources = sum_over_replicas
+            passes = self._passes(pass_fn, batch, weights, state, settings,
+                                  perturbing, sources)
+        grads, direction = passes.grads, passes.direction
+        failed = ops.cast(ops.logical_not(ops.all(ops.isfinite(
+            passes.loss))), "float32")
+        if sum_over_replicas is not None:
+            grads, direction, failed = _sum_together(
+                sum_over_replicas, grads, direction, failed)
         if loss_scale is not None:
-            perturbed_grads = [g / loss_scale for g in perturbed_grads]
-        return directions.combine(perturbed_grads, grads, self.grad_scale)
-
-    def _method_direction(self, data, grads, variables, loss_scale):
-        """The method's direction `d` (or `U`), from the unscaled `grads`."""
-        direction = self._combined_direction(
-            data, grads, grads, variables, loss_scale
-        )
-        if self._method.normalize:
+            grads = [None if g is None else g / loss_scale for g in grads]
+            direction = [None if d is None else d / loss_scale
+                         for d in direction]
+        present = [d is not None for d in direction]
+        direction = [d for d in direction if d is not None]
+        grad_norm = directions.global_norm([g for g in grads if g is not None])
+        if method_on and self._method.normalize:
             direction = directions.normalize(direction)
-        return direction
+        if self.weight_decay:
+            direction = directions.add_weight_decay(
+                direction, [w for w, p in zip(weights, present) if p],
+                self.weight_decay)
+        finite = ops.logical_and(failed == 0, _all_finite(direction))
+        if loss_scale is not None:
+            direction = [d * loss_scale for d in direction]
+        # A step that is not applied carries NaN: a loss-scale optimizer
+        # then lowers its scale, as Keras does.
+        direction = [ops.where(finite, d, ops.full_like(d, float("nan")))
+                     for d in direction]
+        it = iter(direction)
+        direction = [next(it) if p else None for p in present]
+        passes_made = 2 if method_on and self._method.epsilon else 1
+        new_state = self._committed_state(
+            state, passes.state, passes_made, grad_norm, finite)
+        return Step(passes.loss, passes.y_pred, direction, new_state, finite,
+                    grad_norm)
 
-    def _replica_share(self, batch, grads, variables, loss_scale, context):
-        """This replica's share of the global direction (several replicas).
+    def _committed_state(self, state, new_state, passes_made, grad_norm,
+                         finite):
+        """The non-trainable values after the step: the passes' state, the
+        gradient evaluations and the recorded `‖g‖` if `finite`, else the
+        old values; `skipped_steps` counts the step if not."""
+        mapping = [(v, n) for v, n in zip(self.non_trainable_variables,
+                                          new_state)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self.grad_evals.assign_add(passes_made)
+            self.timing.record_grad_norm(grad_norm)
+        updated = []
+        for variable, old, new in zip(self.non_trainable_variables, state,
+                                      new_state):
+            current = scope.get_current_value(variable)
+            new = new if current is None else current
+            updated.append(old if new is old else ops.where(finite, new, old))
+        skipped = ops.cast(ops.logical_not(finite), "int64")
+        index = self._state_index[id(self.skipped_steps)]
+        updated[index] = updated[index] + skipped
+        return updated
 
-        Keras scales each replica's loss by 1/replicas, so the shares' sum
-        is the mean over replicas. Collective reductions stay outside the
-        `tf.cond` (a cross-replica reduction in a conditional branch fails
-        under strategies that need `merge_call`).
+    def _state_reader(self, state):
+        """`read(variable)`: a variable's value in `state`."""
+        if len(self._state_index) != len(self.non_trainable_variables):
+            self._state_index = {id(v): i for i, v in
+                                 enumerate(self.non_trainable_variables)}
+        return lambda variable: state[self._state_index[id(variable)]]
+
+    def _logs(self, metrics, step, perturbing, state):
+        """The step's logs: the metrics and the method's own values.
+
+        `perturbing`: whether the step ran the method (bool or tensor).
         """
-        sources = grads
-        if self._perturbation is not None and self.perturbation == "global":
-            sources = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        return tf.cond(
-            self.perturb,
-            lambda: self._combined_direction(
-                batch, grads, sources, variables, loss_scale
-            ),
-            lambda: grads,
+        read = self._state_reader(state)
+        logs = dict(metrics)
+        logs.update(
+            radius=read(self.radius),
+            grad_scale=read(self.grad_scale),
+            perturb=ops.cast(perturbing, "int32"),
+            grad_evals=read(self.grad_evals),
+            skipped_steps=read(self.skipped_steps),
+            grad_norm=step.grad_norm,
+            perturb_start_epoch=read(self.timing.perturb_start_epoch),
         )
+        return logs
+
+    # Keras plumbing.
 
     def compile(self, optimizer="rmsprop", *args, **kwargs):
         """`keras.Model.compile`; refuses optimizers the step cannot use.
@@ -367,323 +457,14 @@ class RTSModel(keras.Model):
                 "accepts it."
             )
 
-    def _first_pass(self, batch):
-        """The ordinary Keras forward/backward pass at `w`.
-
-        It alone updates BatchNormalization statistics. Returns `(loss,
-        y_pred, grads, variables)`, with the variables that have a gradient
-        (like Keras' optimizer, the others take no part) and their scaled
-        gradients.
-        """
-        x, y, sample_weight = batch
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                training=True,
-            )
-            scaled_loss = self.optimizer.scale_loss(loss)
-        all_variables = self.trainable_variables
-        grads = tape.gradient(scaled_loss, all_variables)
-        pairs = [(g, v) for g, v in zip(grads, all_variables) if g is not None]
-        return (loss, y_pred, [tf.convert_to_tensor(g) for g, _ in pairs],
-                [v for _, v in pairs])
-
-    def _stateless_pass(self, batch, variables, values, state, state_values):
-        """A training-mode pass with `variables` and `state` read as values.
-
-        Returns `(loss, y_pred, grads, new_state)`: the scaled gradients
-        with respect to `values` (`None` where a variable has none) and the
-        values the pass assigned to `state` (`None` where it assigned
-        none). No variable is written.
-        """
-        x, y, sample_weight = batch
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            with keras.StatelessScope(
-                state_mapping=list(zip(variables, values))
-                + list(zip(state, state_values)),
-                collect_losses=True,
-            ) as scope:
-                y_pred = self(x, training=True)
-                loss = self.compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                    training=True,
-                )
-            scaled_loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled_loss, values)
-        new_state = [scope.get_current_value(v) for v in state]
-        new_state = [None if n is old else n
-                     for n, old in zip(new_state, state_values)]
-        return loss, y_pred, grads, new_state
-
-    def _sub_batch_passes(self, batch, loss_scale):
-        """Both passes per sub-batch of `sub_batch_size` examples.
-
-        When `perturb` is on, each sub-batch forms its own ε from its own
-        gradient, and `g`, `g* + λ·g`, the loss and the state updates are
-        the sub-batches' means weighted by their sizes. When it is off, one
-        full-batch pass. Returns `(loss, y_pred, grads, variables, share)`
-        like `_first_pass` plus the unnormalised direction `share`; the
-        state (BatchNormalization statistics, seeds) is assigned here,
-        outside any conditional.
-        """
-        variables = self.trainable_variables
-        weights = [tf.convert_to_tensor(v) for v in variables]
-        state = self.model.non_trainable_variables
-        initial = [tf.convert_to_tensor(v) for v in state]
-        floating = [tf.as_dtype(v.dtype).is_floating for v in state]
-        size = tf.shape(next(t for t in tf.nest.flatten(batch[0])
-                             if t is not None))[0]
-        # Known when the branches are traced: which variables have no
-        # gradient and which state a pass assigns.
-        no_grad, assigned = set(), set()
-
-        def unscaled(grads):
-            for i, g in enumerate(grads):
-                if g is None:
-                    no_grad.add(i)
-            grads = [ops.zeros_like(w) if g is None else
-                     tf.convert_to_tensor(g) for g, w in zip(grads, weights)]
-            if loss_scale is not None:
-                grads = [g / loss_scale for g in grads]
-            return grads
-
-        def updated(new_state, old_state):
-            for i, n in enumerate(new_state):
-                if n is not None:
-                    assigned.add(i)
-            return [o if n is None else tf.cast(n, o.dtype)
-                    for n, o in zip(new_state, old_state)]
-
-        def full_batch():
-            loss, y_pred, grads, new = self._stateless_pass(
-                batch, variables, weights, state, initial)
-            grads = unscaled(grads)
-            return loss, y_pred, grads, updated(new, initial), grads
-
-        def by_sub_batch():
-            m = self.sub_batch_size
-            count = (size + m - 1) // m
-            y_pred_spec = []
-
-            def body(i, loss, grads, combined, means, current, predictions):
-                start = i * m
-                stop = tf.minimum(start + m, size)
-                part = tf.nest.map_structure(
-                    lambda t: None if t is None else t[start:stop], batch)
-                fraction = tf.cast(stop - start, "float32") / tf.cast(
-                    size, "float32")
-                # Floating state (moving statistics) is updated from its
-                # value before the step; the rest (seeds) carries on.
-                before = [o if f else c
-                          for o, c, f in zip(initial, current, floating)]
-                part_loss, part_pred, g, new = self._stateless_pass(
-                    part, variables, weights, state, before)
-                g = unscaled(g)
-                new = updated(new, before)
-                epsilon = self._perturbation(g, weights, self.radius)
-                _, _, g_star, _ = self._stateless_pass(
-                    part, variables, [w + e for w, e in zip(weights, epsilon)],
-                    state, new)
-                part_combined = directions.combine(
-                    unscaled(g_star), g, self.grad_scale)
-                flat_pred = tf.nest.flatten(part_pred)
-                if not y_pred_spec:
-                    y_pred_spec.append(part_pred)
-
-                def add(total, part):
-                    return [t + tf.cast(fraction, p.dtype) * p
-                            for t, p in zip(total, part)]
-
-                return (
-                    i + 1,
-                    loss + fraction * tf.cast(part_loss, "float32"),
-                    add(grads, g),
-                    add(combined, part_combined),
-                    [t + tf.cast(fraction, n.dtype) * n if f else t
-                     for t, n, f in zip(means, new, floating)],
-                    [c if f else n for c, n, f in zip(current, new, floating)],
-                    [a.write(i, p) for a, p in zip(predictions, flat_pred)],
-                )
-
-            zeros = [tf.zeros_like(w) for w in weights]
-            # One array per output of the model.
-            dtypes = [self.compute_dtype]
-            if getattr(self.model, "outputs", None):
-                dtypes = [o.dtype for o in tf.nest.flatten(self.model.outputs)]
-            arrays = [tf.TensorArray(d, size=count, infer_shape=False)
-                      for d in dtypes]
-            loop = tf.while_loop(
-                lambda i, *_: i < count, body,
-                (tf.constant(0), tf.constant(0.0), zeros, list(zeros),
-                 [tf.zeros_like(s) if f else s
-                  for s, f in zip(initial, floating)],
-                 list(initial), arrays),
-                parallel_iterations=1,
-            )
-            _, loss, grads, combined, means, current, predictions = loop
-            new = [n if f else c for n, c, f in zip(means, current, floating)]
-            flat = []
-            for a, spec in zip(predictions, tf.nest.flatten(y_pred_spec[0])):
-                flat.append(a.concat())
-                flat[-1].set_shape([None] + spec.shape[1:])
-            y_pred = tf.nest.pack_sequence_as(y_pred_spec[0], flat)
-            return loss, y_pred, grads, new, combined
-
-        loss, y_pred, grads, new, share = tf.cond(
-            self.perturb, by_sub_batch, full_batch)
-        for i, (variable, value) in enumerate(zip(state, new)):
-            if i in assigned:
-                variable.assign(value)
-        keep = [i for i in range(len(variables)) if i not in no_grad]
-        return (loss, y_pred, [grads[i] for i in keep],
-                [variables[i] for i in keep], [share[i] for i in keep])
-
-    def _normalized_shares(self, share, context):
-        """Each replica's share of `d / (‖d‖ + δ)`, `d` the replicas' sum."""
-        total = context.all_reduce(tf.distribute.ReduceOp.SUM, share)
-        scale = tf.where(
-            self.perturb,
-            1.0 / (directions.global_norm(total) + directions.DELTA),
-            1.0,
-        )
-        return [d * scale for d in share]
-
-    def train_step(self, data):
-        # Runs when the train function is traced: before any step (in case
-        # the optimizer was changed after compile).
+    def _build_before_step(self, batch):
+        """Every variable exists before the step reads them all (a
+        subclassed model creates its own on its first call)."""
         self._check_optimizer(self.optimizer)
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        batch = (x, y, sample_weight)
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync if context else 1
-
-        # The arithmetic is done on the true (unscaled) gradients; the loss
-        # scale is a power of two, so unscaling and rescaling are exact.
-        share = None  # the direction before normalisation, if known
-        if self.sub_batch_size is not None and self._perturbation is not None:
-            # The passes run inside a loop: every variable must exist
-            # before (a subclassed model creates its own on its first call).
-            if not all(layer.built for layer in self._flatten_layers()):
-                self._symbolic_build(data_batch=batch)
-            if not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
-            loss_scale = _loss_scale(self.optimizer)
-            loss, y_pred, grads, variables, share = self._sub_batch_passes(
-                batch, loss_scale)
-        else:
-            loss, y_pred, grads, variables = self._first_pass(batch)
-            if not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
-            loss_scale = _loss_scale(self.optimizer)
-            if loss_scale is not None:
-                grads = [g / loss_scale for g in grads]
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss),
-            sample_weight=tf.shape(
-                next(i for i in tf.nest.flatten(x) if i is not None)
-            )[0],
-        )
-        # Keras scales each replica's loss by 1/replicas: undone, so that
-        # the norm is that of the replica's own gradient (their mean is
-        # logged).
-        grad_norm = directions.global_norm(grads) * replicas
-        self.timing.record_grad_norm(grad_norm)
-
-        direction = grads
-        if self._method.name != "sgd" and replicas > 1:
-            if share is None:
-                share = self._replica_share(
-                    batch, grads, variables, loss_scale, context)
-            direction = share
-            if self._method.normalize:
-                direction = self._normalized_shares(share, context)
-        elif self._method.name != "sgd":
-            if share is None:
-                direction = tf.cond(
-                    self.perturb,
-                    lambda: self._method_direction(
-                        batch, grads, variables, loss_scale),
-                    lambda: grads,
-                )
-            elif self._method.normalize:
-                direction = tf.cond(
-                    self.perturb,
-                    lambda: directions.normalize(share),
-                    lambda: share,
-                )
-            else:
-                direction = share
-        if self.weight_decay:
-            # Each replica adds its share: the optimizer sums them.
-            direction = directions.add_weight_decay(
-                direction,
-                [tf.convert_to_tensor(v) for v in variables],
-                self.weight_decay / replicas,
-            )
-        if loss_scale is not None:
-            direction = [d * loss_scale for d in direction]
-
-        finite = tf.logical_and(
-            tf.reduce_all(tf.math.is_finite(loss)), _all_finite(direction)
-        )
-        if replicas > 1:
-            # One replica's non-finite step is every replica's.
-            finite = tf.equal(context.all_reduce(
-                tf.distribute.ReduceOp.SUM,
-                tf.cast(tf.logical_not(finite), tf.float32)), 0.0)
-        _apply_if_finite(self.optimizer, direction, variables, finite)
-
-        method_on = self._method_on()
-        passes = 1
-        if self._perturbation is not None:
-            passes += tf.cast(method_on, "int64")
-        self.grad_evals.assign_add(passes)
-        self.skipped_steps.assign_add(tf.cast(tf.logical_not(finite), "int64"))
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        logs.update(
-            radius=tf.convert_to_tensor(self.radius),
-            grad_scale=tf.convert_to_tensor(self.grad_scale),
-            perturb=tf.cast(method_on, "int32"),
-            grad_evals=tf.convert_to_tensor(self.grad_evals),
-            skipped_steps=tf.convert_to_tensor(self.skipped_steps),
-            grad_norm=grad_norm,
-            perturb_start_epoch=tf.convert_to_tensor(
-                self.timing.perturb_start_epoch
-            ),
-        )
-        if _is_multi_worker(self.distribute_strategy):
-            logs = _one_dimensional(logs)
-        return logs
-
-    def test_step(self, data):
-        logs = super().test_step(data)
-        if _is_multi_worker(self.distribute_strategy):
-            logs = _one_dimensional(logs)
-        return logs
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # keras-team/keras#20585: under several workers, Keras reduces the
-        # first distributed batch with a collective that refuses it, only
-        # to read its shapes. One replica's part has the same shapes.
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is not None and _is_multi_worker(strategy):
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v,
-                    next(it))
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(
-            iterator=iterator, data_batch=data_batch)
-
-    def _method_on(self):
-        """Whether the method's step (not plain `sgd`) runs, as a tensor."""
-        if self._method.name == "sgd":
-            return tf.constant(False)
-        return tf.convert_to_tensor(self.perturb)
+        if not all(layer.built for layer in self._flatten_layers()):
+            self._symbolic_build(data_batch=batch)
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
         config = super().get_config()
@@ -709,3 +490,33 @@ class RTSModel(keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+def _zeros_for_none(grads, weights):
+    return [ops.zeros_like(w) if g is None else g
+            for g, w in zip(grads, weights)]
+
+
+def _none_where(tensors, like):
+    """`tensors` with `None` where `like` has `None`."""
+    return [None if o is None else t for t, o in zip(tensors, like)]
+
+
+def _all_finite(tensors):
+    return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
+
+
+def _sum_together(sum_over_replicas, grads, direction, failed):
+    """Sums `g`, `d` (when it is not `g` itself) and the failure count
+    over replicas, in one collective."""
+    same = direction is grads
+    parts = [g for g in grads if g is not None] + [failed]
+    if not same:
+        parts += [d for d in direction if d is not None]
+    total = iter(sum_over_replicas(parts))
+    grads = [None if g is None else next(total) for g in grads]
+    failed = next(total)
+    if same:
+        return grads, grads, failed
+    return grads, [None if d is None else next(total) for d in direction], \
+        failed

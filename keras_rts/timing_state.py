@@ -13,7 +13,7 @@ squares, and the most recent `GRAD_NORM_CAPACITY` of them in a ring buffer.
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 GRAD_NORM_CAPACITY = 1024
 """How many of the most recent gradient norms are kept."""
@@ -63,26 +63,23 @@ class TimingState(keras.layers.Layer):
         self.built = True
 
     def record_grad_norm(self, norm):
-        """Records one step's gradient norm (in graph); non-finite is skipped.
+        """Records one step's gradient norm (in graph, any backend).
+
+        Non-finite norms are not recorded. The step calls this statelessly
+        and commits the result only with the rest of its state.
 
         Args:
             norm: scalar float32 tensor.
         """
-        finite = tf.math.is_finite(norm)
-        value = tf.where(finite, norm, 0.0)
-        value64 = tf.cast(value, "float64")
-        index = tf.math.floormod(
-            tf.convert_to_tensor(self.grad_norm_count), GRAD_NORM_CAPACITY
-        )
-        buffer = tf.convert_to_tensor(self.recent_grad_norms)
-        self.recent_grad_norms.assign(
-            tf.where(
-                tf.logical_and(finite, tf.range(GRAD_NORM_CAPACITY,
-                                                dtype="int64") == index),
-                value, buffer,
-            )
-        )
-        self.grad_norm_count.assign_add(tf.cast(finite, "int64"))
+        finite = ops.isfinite(norm)
+        value = ops.where(finite, norm, 0.0)
+        value64 = ops.cast(value, "float64")
+        index = ops.mod(self.grad_norm_count.value,
+                        GRAD_NORM_CAPACITY)
+        self.recent_grad_norms.assign(ops.where(
+            ops.logical_and(finite, ops.arange(GRAD_NORM_CAPACITY, dtype=index.dtype) == index),
+            value, self.recent_grad_norms.value))
+        self.grad_norm_count.assign_add(ops.cast(finite, "int64"))
         self.grad_norm_sum.assign_add(value64)
         self.grad_norm_sum_squares.assign_add(value64 * value64)
 

@@ -74,12 +74,13 @@ def perturbation(method, grads, params, radius, eta=0.01):
 
 
 DEFAULT_GRAD_SCALE = {"sam": 0.0, "asam": 0.0, "pugd": 1.0}
+DEFAULT_RADIUS = {"sam": 0.05, "asam": 0.5, "pugd": 1.0}  # SPEC §4.
 
 
 class ReferenceTrainer:
     """Trains the reference network with a method and Keras' SGD."""
 
-    def __init__(self, params, moving, method, radius=1.0, grad_scale=None,
+    def __init__(self, params, moving, method, radius=None, grad_scale=None,
                  perturb=True, lr=0.1, momentum=0.9, weight_decay=0.0,
                  coupled_weight_decay=0.0, sub_batch_size=None):
         self.sub_batch_size = sub_batch_size
@@ -89,7 +90,8 @@ class ReferenceTrainer:
         ]
         self.velocity = [np.zeros_like(p) for p in self.params]
         self.method = method
-        self.radius = radius
+        self.radius = DEFAULT_RADIUS.get(method, 0.0) if radius is None \
+            else radius
         self.grad_scale = (DEFAULT_GRAD_SCALE.get(method, 0.0)
                            if grad_scale is None else grad_scale)
         self.perturb = perturb

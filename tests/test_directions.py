@@ -36,7 +36,7 @@ def test_normalize_gives_unit_norm_and_keeps_zeros_finite():
 def test_perturbations_match_numpy(method, radius):
     grads, weights = _tensors(2), _tensors(3)
     expected = reference.perturbation(method, _np(grads), _np(weights), radius)
-    got = directions.METHODS[method].perturbation(grads, weights, radius)
+    got = directions.METHODS[method].epsilon(grads, weights, radius)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(np.asarray(g), e, rtol=1e-5, atol=1e-7)
     assert reference.norm(_np(got)) == pytest.approx(
@@ -54,7 +54,7 @@ def test_pugd_perturbation_is_zero_where_weights_are_zero():
 def test_zero_gradient_gives_zero_perturbation():
     zeros = [np.zeros_like(t) for t in _tensors(6)]
     for method in ("sam", "asam", "pugd"):
-        eps = directions.METHODS[method].perturbation(zeros, _tensors(7), 1.0)
+        eps = directions.METHODS[method].epsilon(zeros, _tensors(7), 1.0)
         for e in eps:
             assert np.all(np.isfinite(np.asarray(e)))
             np.testing.assert_array_equal(np.asarray(e), 0.0)
@@ -75,7 +75,7 @@ def test_method_table_matches_spec():
         False, True, False, False, True]
     assert m["pugd"].default_grad_scale == 1.0
     assert m["sam"].default_grad_scale == m["asam"].default_grad_scale == 0.0
-    assert m["sgd"].perturbation is None and m["ugd"].perturbation is None
+    assert m["sgd"].epsilon is None and m["ugd"].epsilon is None
 
 
 def test_unknown_method_names_the_argument():

@@ -1,0 +1,41 @@
+"""What differs per Keras backend: taking gradients, committing state and
+combining replicas. The method itself is in `keras_rts.model`.
+
+`Trainer` is the mixin of `RTSModel` for the backend Keras runs on
+(TensorFlow or JAX). Other backends are refused when an `RTSModel` is
+built (`check_supported`), never inside `fit`.
+"""
+
+import keras
+
+BACKEND = keras.backend.backend()
+SUPPORTED = ("tensorflow", "jax")
+
+if BACKEND == "tensorflow":
+    from keras_rts.backend.tf_trainer import Trainer
+elif BACKEND == "jax":
+    from keras_rts.backend.jax_trainer import Trainer
+else:
+
+    class Trainer:
+        """Placeholder: `check_supported` refuses this backend."""
+
+
+def check_supported():
+    """Raises a `ValueError` naming the backend unless it is supported."""
+    if BACKEND not in SUPPORTED:
+        raise ValueError(
+            f"keras_rts.RTSModel does not support the {BACKEND!r} Keras "
+            f"backend; supported: {', '.join(SUPPORTED)}. Choose one with "
+            "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before importing "
+            "keras.")
+
+
+def assign_between_steps(model, variable, value):
+    """Assigns a model variable from a callback so that the next step sees
+    it. Under JAX, `fit` keeps the state outside the variables during an
+    epoch: it is written back first, and the next step reads it again."""
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+    variable.assign(value)

@@ -1,0 +1,82 @@
+"""`RTSModel`'s step on JAX: the passes as `jax.value_and_grad` of Keras'
+own stateless `compute_loss_and_updates`, the phase chosen by
+`jax.lax.cond` inside the one compiled step, the new state returned.
+
+Under `keras.distribution.DataParallel` the step is one global
+computation (GSPMD): `g` is the global batch's gradient, so ε is the
+global one; a per-device ε is `sub_batch_size` = the per-device batch.
+"""
+
+import jax
+import keras
+from keras import ops
+
+
+class Trainer:
+    """The JAX half of `RTSModel` (see `keras_rts.model`)."""
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        batch = (x, y, sample_weight)
+        optimizer = self.optimizer
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        loss_scale = None
+        if scaled:
+            loss_scale = optimizer_values[_index(optimizer.variables,
+                                                 optimizer.dynamic_scale)]
+
+        def pass_fn(batch, weights, state):
+            (_, (loss, y_pred, new_state, _)), grads = jax.value_and_grad(
+                self.compute_loss_and_updates, has_aux=True)(
+                    weights, state, metrics_values, *batch, training=True,
+                    optimizer_variables=optimizer_values)
+            return loss, y_pred, grads, new_state
+
+        def phase(perturbing):
+            return lambda: tuple(self._step(pass_fn, batch, trainable,
+                                            non_trainable, perturbing,
+                                            loss_scale=loss_scale))
+
+        perturbing = False
+        if self._method.name != "sgd":
+            perturbing = non_trainable[_index(self.non_trainable_variables,
+                                              self.perturb)]
+            step = jax.lax.cond(perturbing, phase(True), phase(False))
+        else:
+            step = phase(False)()
+        step = type(self)._step_type(*step)
+        new_trainable, new_optimizer = optimizer.stateless_apply(
+            optimizer_values, step.direction, trainable)
+        if not scaled:  # a LossScaleOptimizer skips non-finite steps itself
+            new_trainable = _where(step.finite, new_trainable, trainable)
+            new_optimizer = _where(step.finite, new_optimizer,
+                                   optimizer_values)
+        metrics, metrics_values = self._update_metrics_variables(
+            metrics_values, step.loss, x, y, step.y_pred, sample_weight)
+        logs = self._logs(metrics, step, perturbing, step.state)
+        return logs, (new_trainable, step.state, new_optimizer,
+                      metrics_values)
+
+    def _sub_batch_loop(self, batch, size, body, carry):
+        """`body(part, fraction, carry) -> (carry, y_pred)` over the
+        sub-batches of `size` examples; the batch size is static under
+        `jax.jit`, so the loop is unrolled. Returns the final carry and the
+        parts' predictions, concatenated."""
+        total = jax.tree_util.tree_leaves(batch[0])[0].shape[0]
+        predictions = []
+        for start in range(0, total, size):
+            stop = min(start + size, total)
+            part = jax.tree_util.tree_map(lambda t: t[start:stop], batch)
+            carry, y_pred = body(part, (stop - start) / total, carry)
+            predictions.append(y_pred)
+        return carry, jax.tree_util.tree_map(
+            lambda *parts: ops.concatenate(parts, axis=0), *predictions)
+
+
+def _index(variables, variable):
+    return next(i for i, v in enumerate(variables) if v is variable)
+
+
+def _where(condition, new, old):
+    return [ops.where(condition, n, o) for n, o in zip(new, old)]
