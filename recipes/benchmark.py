@@ -132,8 +132,9 @@ def step_cost(args):
         ],
     }
     lines = [
-        f"Step cost of `{args.model}`, batch {args.batch_size}, "
-        f"{'XLA' if args.jit_compile else 'graph'} mode; median of "
+        f"Step cost of `{args.model}` on Keras' {keras.backend.backend()} "
+        f"backend, batch {args.batch_size}, "
+        f"{'XLA' if args.jit_compile else 'compiled'} mode; median of "
         f"{args.rounds}×{args.steps} steps each.",
         "",
         "| step | relative to | ratio | floor | overhead beyond floor |",
@@ -152,14 +153,18 @@ def step_cost(args):
     ]
     table = "\n".join(lines)
     print(table)
+    # TensorFlow's file keeps its name; other backends are named.
+    backend = keras.backend.backend()
     _write(args.output,
-           f"step_cost_{args.model}{'_xla' if args.jit_compile else ''}",
+           f"step_cost_{args.model}{'_xla' if args.jit_compile else ''}"
+           f"{'' if backend == 'tensorflow' else '_' + backend}",
            result, table)
 
 
 def _machine():
     return {**comparison.machine(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__}
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "keras_backend": keras.backend.backend()}
 
 
 def pipeline(args):

@@ -21,6 +21,14 @@ SCRIPT = textwrap.dedent('''
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np, keras_rts
 
+    # Every collective a step makes, counted as it is traced.
+    all_reduces = []
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+    def counting(self, *args, **kwargs):
+        all_reduces.append(1)
+        return all_reduce(self, *args, **kwargs)
+    tf.distribute.ReplicaContext.all_reduce = counting
+
     config = json.loads(sys.argv[1])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 5)).astype("float32")
@@ -32,10 +40,13 @@ SCRIPT = textwrap.dedent('''
         keras.utils.set_random_seed(1)
         net = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8),
                                 keras.layers.ReLU(), keras.layers.Dense(3)])
-        model = keras_rts.RTSModel(
-            net, method=config["method"], radius=config.get("radius", 1.0),
-            perturbation=config.get("perturbation", "replica"),
-            sub_batch_size=config.get("sub_batch_size"))
+        model = net
+        if config["method"] != "keras":
+            model = keras_rts.RTSModel(
+                net, method=config["method"], radius=config.get("radius", 1.0),
+                perturb=config.get("perturb", True),
+                perturbation=config.get("perturbation", "replica"),
+                sub_batch_size=config.get("sub_batch_size"))
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(True))
         return model
@@ -56,8 +67,10 @@ SCRIPT = textwrap.dedent('''
         "x": x.tolist(), "y": y.tolist(), "initial": initial,
         "weights": [v.numpy().tolist() for v in model.trainable_variables],
         "predictions": model.predict(x, verbose=0).tolist(),
-        "skipped_steps": history.history["skipped_steps"],
-        "grad_evals": history.history["grad_evals"],
+        "skipped_steps": history.history.get("skipped_steps"),
+        "grad_evals": history.history.get("grad_evals"),
+        "grad_norm": history.history.get("grad_norm"),
+        "all_reduces": len(all_reduces),
     }))
 ''')
 
@@ -107,6 +120,40 @@ def test_replica_perturbation_matches_per_half_numpy_reference(method):
     assert not np.allclose(np.concatenate([np.ravel(w) for w in one[
         "weights"]]), np.concatenate([np.ravel(w) for w in run["weights"]]),
         rtol=1e-6, atol=1e-7)
+
+
+def test_grad_norm_is_the_global_batch_gradient_norm_on_any_replicas():
+    one = _run(method="pugd", mirrored=False, radius=0.5)
+    two = _run(method="pugd", mirrored=True, radius=0.5,
+               perturbation="global")
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def plain_keras_all_reduces():
+    return _run(method="keras", mirrored=True)["all_reduces"]
+
+
+@pytest.mark.parametrize("method, perturbation", [
+    ("sgd", "replica"), ("pugd", "replica"), ("pugd", "global")] + [
+    pytest.param(m, p, marks=pytest.mark.slow)
+    for m in ("ugd", "sam") for p in ("replica", "global")])
+def test_a_step_that_does_not_perturb_makes_the_collectives_of_plain_keras(
+        method, perturbation, plain_keras_all_reduces):
+    run = _run(method=method, mirrored=True, perturb=False,
+               perturbation=perturbation)
+    assert plain_keras_all_reduces > 0
+    assert run["all_reduces"] == plain_keras_all_reduces
+
+
+def test_a_perturbing_step_makes_one_collective_or_two_for_global_epsilon(
+        plain_keras_all_reduces):
+    # A replica's own ε: the sums of g and d in one collective. The global
+    # ε needs the summed gradient first: two.
+    assert _run(method="pugd", mirrored=True)["all_reduces"] == \
+        plain_keras_all_reduces
+    assert _run(method="pugd", mirrored=True, perturbation="global")[
+        "all_reduces"] == 2 * plain_keras_all_reduces
 
 
 def test_sub_batches_in_each_replica_match_numpy_reference():
