@@ -31,9 +31,11 @@ DELTA = 1e-12
 def global_norm(tensors):
     """Returns the L2 norm of a list of tensors taken together as one vector.
 
-    The tensors are divided by their largest magnitude before squaring, so
-    a finite list, however large or small its entries, has a finite norm
-    (float32 would overflow at about 1e19 otherwise). A list holding an
+    Overflow-safe: where the plain sum of squares overflows (a float32
+    entry above about 1e19) or underflows, the tensors are divided by their
+    largest magnitude before squaring, so a finite list, however large or
+    small its entries, has a finite norm. The rescaling runs only then (a
+    conditional), so the usual case costs one pass. A list holding an
     infinity or a NaN has a non-finite norm.
 
     Args:
@@ -43,12 +45,17 @@ def global_norm(tensors):
         A scalar float32 tensor.
     """
     tensors = [ops.cast(t, "float32") for t in tensors]
-    largest = ops.max(ops.stack([ops.max(ops.abs(t)) for t in tensors]))
-    # All zeros: divide by one instead (the norm is 0).
-    divisor = ops.where(largest > 0, largest, ops.ones_like(largest))
-    return divisor * ops.sqrt(
-        sum(ops.sum(ops.square(t / divisor)) for t in tensors)
-    )
+    squares = sum(ops.sum(ops.square(t)) for t in tensors)
+
+    def rescaled():
+        largest = ops.max(ops.stack([ops.max(ops.abs(t)) for t in tensors]))
+        # All zeros: divide by one instead (the norm is 0).
+        divisor = ops.where(largest > 0, largest, ops.ones_like(largest))
+        return divisor * ops.sqrt(
+            sum(ops.sum(ops.square(t / divisor)) for t in tensors))
+
+    usable = ops.logical_and(ops.isfinite(squares), squares > 1e-30)
+    return ops.cond(usable, lambda: ops.sqrt(squares), rescaled)
 
 
 def normalize(tensors):

@@ -38,8 +38,8 @@ its gradients `g` (`None` for variables without one), the direction
 Step = collections.namedtuple(
     "Step", "loss y_pred direction state finite grad_norm")
 """A whole step, before anything is committed: the direction to apply
-(`None` for variables without a gradient; NaN everywhere when the step
-is skipped), the new values of the model's non-trainable variables,
+(`None` for variables without a gradient; under a loss scale, scaled by it
+and NaN everywhere when the step is skipped), the new values of the model's non-trainable variables,
 whether the step is applied, and `‖g‖` of the global batch."""
 
 
@@ -361,11 +361,11 @@ class RTSModel(backend.Trainer, keras.Model):
                 self.weight_decay)
         finite = ops.logical_and(failed == 0, _all_finite(direction))
         if loss_scale is not None:
-            direction = [d * loss_scale for d in direction]
-        # A step that is not applied carries NaN: a loss-scale optimizer
-        # then lowers its scale, as Keras does.
-        direction = [ops.where(finite, d, ops.full_like(d, float("nan")))
-                     for d in direction]
+            # A step that is not applied carries NaN to the loss-scale
+            # optimizer, which skips it and lowers its scale, as in Keras.
+            direction = [ops.where(finite, d * loss_scale,
+                                   ops.full_like(d, float("nan")))
+                         for d in direction]
         it = iter(direction)
         direction = [next(it) if p else None for p in present]
         passes_made = 2 if method_on and self._method.epsilon else 1
