@@ -205,18 +205,16 @@ class RTSModel(backend.Trainer, keras.Model):
         self.radius = state("radius", float(radius), "float32")
         self.grad_scale = state("grad_scale", float(grad_scale), "float32")
         self.perturb = state("perturb", perturb, "bool")
-        self.grad_evals = state("grad_evals", 0, "int64", "only_first_replica")
+        self.grad_evals = state("grad_evals", 0, backend.INT,
+                                "only_first_replica")
         self.skipped_steps = state(
-            "skipped_steps", 0, "int64", "only_first_replica"
+            "skipped_steps", 0, backend.INT, "only_first_replica"
         )
         self.timing = TimingState(name="timing")
         self._state_index = {}
         self._perturbing = True  # the phase a TensorFlow trace is for
         if model.built:
             self.built = True
-
-
-    _step_type = Step
 
     def build(self, input_shape):
         # A subclassed model without its own `build` creates its variables
@@ -390,7 +388,7 @@ class RTSModel(backend.Trainer, keras.Model):
             current = scope.get_current_value(variable)
             new = new if current is None else current
             updated.append(old if new is old else ops.where(finite, new, old))
-        skipped = ops.cast(ops.logical_not(finite), "int64")
+        skipped = ops.cast(ops.logical_not(finite), backend.INT)
         index = self._state_index[id(self.skipped_steps)]
         updated[index] = updated[index] + skipped
         return updated

@@ -15,6 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_rts.backend import FLOAT, INT
+
 GRAD_NORM_CAPACITY = 1024
 """How many of the most recent gradient norms are kept."""
 
@@ -31,8 +33,9 @@ class TimingState(keras.layers.Layer):
         gap_sum: sum of generalization gaps seen so far (gap trigger).
         gap_count: number of gaps summed.
         grad_norm_count: number of finite gradient norms recorded.
-        grad_norm_sum: their sum (float64).
-        grad_norm_sum_squares: the sum of their squares (float64).
+        grad_norm_sum: their sum (`keras_rts.backend.FLOAT`, 64-bit where
+            the backend has it).
+        grad_norm_sum_squares: the sum of their squares (same dtype).
         recent_grad_norms: ring buffer of the most recent norms; entry `i`
             holds the norm recorded when the count was `i` modulo the
             capacity.
@@ -48,14 +51,14 @@ class TimingState(keras.layers.Layer):
                 trainable=False, aggregation="only_first_replica",
             )
 
-        self.perturb_start_epoch = state("perturb_start_epoch", -1, "int64")
+        self.perturb_start_epoch = state("perturb_start_epoch", -1, INT)
         self.threshold = state("threshold", float("nan"), "float32")
-        self.gap_sum = state("gap_sum", 0.0, "float64")
-        self.gap_count = state("gap_count", 0, "int64")
-        self.grad_norm_count = state("grad_norm_count", 0, "int64")
-        self.grad_norm_sum = state("grad_norm_sum", 0.0, "float64")
+        self.gap_sum = state("gap_sum", 0.0, FLOAT)
+        self.gap_count = state("gap_count", 0, INT)
+        self.grad_norm_count = state("grad_norm_count", 0, INT)
+        self.grad_norm_sum = state("grad_norm_sum", 0.0, FLOAT)
         self.grad_norm_sum_squares = state(
-            "grad_norm_sum_squares", 0.0, "float64"
+            "grad_norm_sum_squares", 0.0, FLOAT
         )
         self.recent_grad_norms = state(
             "recent_grad_norms", 0.0, "float32", shape=(GRAD_NORM_CAPACITY,)
@@ -73,15 +76,15 @@ class TimingState(keras.layers.Layer):
         """
         finite = ops.isfinite(norm)
         value = ops.where(finite, norm, 0.0)
-        value64 = ops.cast(value, "float64")
+        wide = ops.cast(value, FLOAT)
         index = ops.mod(self.grad_norm_count.value,
                         GRAD_NORM_CAPACITY)
         self.recent_grad_norms.assign(ops.where(
             ops.logical_and(finite, ops.arange(GRAD_NORM_CAPACITY, dtype=index.dtype) == index),
             value, self.recent_grad_norms.value))
-        self.grad_norm_count.assign_add(ops.cast(finite, "int64"))
-        self.grad_norm_sum.assign_add(value64)
-        self.grad_norm_sum_squares.assign_add(value64 * value64)
+        self.grad_norm_count.assign_add(ops.cast(finite, INT))
+        self.grad_norm_sum.assign_add(wide)
+        self.grad_norm_sum_squares.assign_add(wide * wide)
 
     def grad_norm_variance(self):
         """Variance of all recorded norms (read on the host), or NaN."""

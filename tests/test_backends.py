@@ -14,7 +14,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_rts
 from tests import reference
 from tests.test_model import _data, _fit, _rts
 
@@ -119,7 +118,3 @@ def test_jax_per_device_epsilon_is_a_sub_batch_per_device():
             params, velocity, x[i:i + 16], y[i:i + 16], "pugd",
             replicas=2, radius=0.5)
     _close(run["weights"], params)
-
-
-def test_backend_is_named_in_the_module():
-    assert keras_rts.backend.BACKEND == keras.backend.backend()

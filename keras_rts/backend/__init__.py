@@ -11,6 +11,22 @@ import keras
 BACKEND = keras.backend.backend()
 SUPPORTED = ("tensorflow", "jax")
 
+
+def _x64():
+    """Whether the backend has 64-bit types (JAX only with x64 enabled)."""
+    if BACKEND != "jax":
+        return True
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+INT = "int64" if _x64() else "int32"
+"""The dtype of the step's counters: 64-bit where the backend has it (JAX
+without x64 would truncate it, with a warning); exact to 2^31 otherwise."""
+FLOAT = "float64" if _x64() else "float32"
+"""The dtype of the timing triggers' running sums."""
+
 if BACKEND == "tensorflow":
     from keras_rts.backend.tf_trainer import Trainer
 elif BACKEND == "jax":

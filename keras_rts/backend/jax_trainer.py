@@ -33,10 +33,10 @@ class Trainer:
                     optimizer_variables=optimizer_values)
             return loss, y_pred, grads, new_state
 
-        def phase(perturbing):
-            return lambda: tuple(self._step(pass_fn, batch, trainable,
-                                            non_trainable, perturbing,
-                                            loss_scale=loss_scale))
+        def phase(perturbing):  # a `Step`, a namedtuple: a JAX pytree
+            return lambda: self._step(pass_fn, batch, trainable,
+                                      non_trainable, perturbing,
+                                      loss_scale=loss_scale)
 
         perturbing = False
         if self._method.name != "sgd":
@@ -45,7 +45,6 @@ class Trainer:
             step = jax.lax.cond(perturbing, phase(True), phase(False))
         else:
             step = phase(False)()
-        step = type(self)._step_type(*step)
         new_trainable, new_optimizer = optimizer.stateless_apply(
             optimizer_values, step.direction, trainable)
         if not scaled:  # a LossScaleOptimizer skips non-finite steps itself
