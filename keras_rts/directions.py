@@ -58,18 +58,21 @@ def global_norm(tensors):
     return ops.cond(usable, lambda: ops.sqrt(squares), rescaled)
 
 
-def normalize(tensors):
+def normalize(tensors, norm=None):
     """Scales a list of tensors to unit global norm: `t / (‖t‖ + δ)`.
 
     A list that is all zeros stays all zeros (never NaN).
 
     Args:
         tensors: list of tensors.
+        norm: their `global_norm`, if already known.
 
     Returns:
         The list of scaled tensors.
     """
-    scale = 1.0 / (global_norm(tensors) + DELTA)
+    if norm is None:
+        norm = global_norm(tensors)
+    scale = 1.0 / (norm + DELTA)
     return [t * ops.cast(scale, t.dtype) for t in tensors]
 
 

@@ -339,6 +339,7 @@ class RTSModel(backend.Trainer, keras.Model):
             passes = self._passes(pass_fn, batch, weights, state, settings,
                                   perturbing, sources)
         grads, direction = passes.grads, passes.direction
+        one_pass = direction is grads  # d = g: no second pass was made
         failed = ops.cast(ops.logical_not(ops.all(ops.isfinite(
             passes.loss))), "float32")
         if sum_over_replicas is not None:
@@ -351,13 +352,19 @@ class RTSModel(backend.Trainer, keras.Model):
         present = [d is not None for d in direction]
         direction = [d for d in direction if d is not None]
         grad_norm = directions.global_norm([g for g in grads if g is not None])
+        # The norms already formed say whether the direction is finite
+        # (a finite list has a finite norm): no extra pass over it.
+        finite = ops.logical_and(failed == 0, ops.isfinite(grad_norm))
         if method_on and self._method.normalize:
-            direction = directions.normalize(direction)
+            norm = grad_norm if one_pass else directions.global_norm(direction)
+            finite = ops.logical_and(finite, ops.isfinite(norm))
+            direction = directions.normalize(direction, norm)
+        elif not one_pass:
+            finite = ops.logical_and(finite, _all_finite(direction))
         if self.weight_decay:
             direction = directions.add_weight_decay(
                 direction, [w for w, p in zip(weights, present) if p],
                 self.weight_decay)
-        finite = ops.logical_and(failed == 0, _all_finite(direction))
         if loss_scale is not None:
             # A step that is not applied carries NaN to the loss-scale
             # optimizer, which skips it and lowers its scale, as in Keras.
