@@ -7,12 +7,14 @@
   `sgd` steps before, the method's step after (T).
 - `rts(...)` returns the list for the combined method.
 
-The callbacks only assign variables of the model between steps, so the
-train function is traced once, whatever they do. What the triggers
+The callbacks only assign variables of the model between steps, so each
+phase's train function (perturbing or not) is traced once, whatever they
+do. What the triggers
 remember lives in the model (`RTSModel.timing`), so a run resumed with
 `keras.callbacks.BackupAndRestore` continues exactly where it stopped.
 """
 
+import inspect
 import math
 import numbers
 
@@ -67,18 +69,45 @@ class _VariableScheduler(keras.callbacks.Callback):
             )
         self.schedule = schedule
         self.per_step = bool(per_step)
+        # `f(t, current_value)`, as `keras.callbacks.LearningRateScheduler`
+        # accepts, or `f(t)`.
+        self._takes_current = _required_positional(schedule) >= 2
 
-    def value(self, t):
-        """The schedule's value at epoch (or step) `t`, checked."""
-        value = self.schedule(t)
-        value = float(np.asarray(keras.ops.convert_to_numpy(value)))
+    def value(self, t, current=None):
+        """The schedule's value at epoch (or step) `t`, checked.
+
+        Args:
+            t: the epoch (or step).
+            current: the variable's value before, for `f(t, current)`
+                (read from the model if not given).
+        """
+        unit = "step" if self.per_step else "epoch"
+        if not self._takes_current:
+            value = self.schedule(t)
+        else:
+            value = self.schedule(
+                t, self._current() if current is None else current)
+        try:
+            value = float(np.asarray(keras.ops.convert_to_numpy(value)))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"The {self.variable} schedule gave {value!r} at {unit} {t}: "
+                f"{self.variable} must be a number.") from None
         if not math.isfinite(value) or value < 0:
-            unit = "step" if self.per_step else "epoch"
             raise ValueError(
                 f"The {self.variable} schedule gave {value} at {unit} {t}: "
                 f"{self.variable} must be finite and non-negative."
             )
         return value
+
+    def _variable(self):
+        return getattr(self.model, self.variable)
+
+    def _current(self):
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        return float(self._variable().numpy())
 
     def on_train_begin(self, logs=None):
         _check_rts_model(self, self.model)
@@ -89,25 +118,35 @@ class _VariableScheduler(keras.callbacks.Callback):
                 f"{type(self).__name__}(per_step=True) needs a known number "
                 "of steps per epoch: pass steps_per_epoch to fit()."
             )
-        # Check the schedule before any step is taken.
-        for epoch in range(epochs):
-            self.value(epoch * steps if self.per_step else epoch)
-        if self.per_step:
-            self.value(epochs * steps - 1)
+        # Check the schedule before any step is taken (chained through
+        # the values it gives, for `f(t, current)`).
+        current = self._current()
+        times = [e * steps for e in range(epochs)] + [epochs * steps - 1] \
+            if self.per_step else range(epochs)
+        for t in times:
+            current = self.value(t, current)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         if not self.per_step:
-            assign_between_steps(self.model,
-                                 getattr(self.model, self.variable),
+            assign_between_steps(self.model, self._variable(),
                                  self.value(epoch))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.per_step:
             step = self._epoch * self.params["steps"] + batch
-            assign_between_steps(self.model,
-                                 getattr(self.model, self.variable),
+            assign_between_steps(self.model, self._variable(),
                                  self.value(step))
+
+
+def _required_positional(function):
+    """How many positional arguments `function` requires (1 if unknown)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    return sum(p.default is p.empty and p.kind in (
+        p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
 
 
 class RadiusScheduler(_VariableScheduler):

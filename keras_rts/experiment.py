@@ -128,7 +128,9 @@ class Settings:
     gap_xi: int = _field(5, "gap timing: epochs averaged for the base")
     gap_mu: float = _field(2.0, "gap timing: base factor")
     gap_t: int = _field(1, "gap timing: check every this many epochs")
-    jit_compile: bool = _field(False, "compile the step with XLA")
+    jit_compile: bool = _field(
+        False, "compile the step with XLA (without it, Keras' 'auto': XLA "
+        "under JAX and on TensorFlow with a GPU)")
     strategy: str = _field(
         "none", "tf.distribute strategy: mirrored uses every local GPU "
         "(batch-size is the global batch); multiworker reads TF_CONFIG",
@@ -540,7 +542,9 @@ def compile_model(model, settings, steps):
             momentum=s.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=s.jit_compile,
+        # Without the flag, Keras' own "auto": compiled under JAX (its
+        # uncompiled step runs op by op), graph mode on a CPU TensorFlow.
+        jit_compile=True if s.jit_compile else "auto",
     )
 
 

@@ -11,6 +11,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_rts import backend, directions
@@ -148,8 +149,9 @@ class RTSModel(backend.Trainer, keras.Model):
         _check_finite_number("grad_scale", grad_scale, allow_none=True)
         _check_finite_number("weight_decay", weight_decay)
         _check_finite_number("eta", eta)
-        if not isinstance(perturb, bool):
+        if not isinstance(perturb, (bool, np.bool_)):
             raise ValueError(f"perturb must be True or False, got {perturb!r}.")
+        perturb = bool(perturb)
         if perturbation not in ("replica", "global"):
             raise ValueError(
                 f"perturbation must be 'replica' or 'global', got "
@@ -157,7 +159,7 @@ class RTSModel(backend.Trainer, keras.Model):
             )
         if sub_batch_size is not None and (
             isinstance(sub_batch_size, bool)
-            or not isinstance(sub_batch_size, int)
+            or not isinstance(sub_batch_size, numbers.Integral)
             or sub_batch_size < 1
         ):
             raise ValueError(
@@ -175,6 +177,8 @@ class RTSModel(backend.Trainer, keras.Model):
                 "perturbation='global' (one ε for the global batch); use "
                 "perturbation='replica' or sub_batch_size=None."
             )
+        if sub_batch_size is not None:
+            sub_batch_size = int(sub_batch_size)
         if grad_scale is None:
             grad_scale = method_spec.default_grad_scale
 
@@ -226,6 +230,15 @@ class RTSModel(backend.Trainer, keras.Model):
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
+
+    def export(self, filepath, format="tf_saved_model", **kwargs):
+        """Exports the trained network, `self.model`, for inference.
+
+        The wrapper only changes training: at inference it is the network
+        itself. Arguments as `keras.Model.export`. To save the network
+        alone for Keras, `model.model.save("net.keras")`.
+        """
+        return self.model.export(filepath, format=format, **kwargs)
 
     # The method (SPEC §1), stateless and backend-neutral.
 

@@ -18,12 +18,13 @@ name and its bounds into one of these.
 """
 
 import math
+import numbers
 
 import keras
 
 
 def _check_value(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}.")
     if not math.isfinite(value) or value < 0:
         raise ValueError(
@@ -33,7 +34,7 @@ def _check_value(name, value):
 
 
 def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
         math.isfinite(value) and value > 0
     ):
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
@@ -191,7 +192,7 @@ class Cosine(Schedule):
         _check_order(self.minimum, self.maximum)
         self.period = _check_positive("period", period)
         self.restarts = bool(restarts)
-        if not (isinstance(period_multiplier, (int, float))
+        if not (isinstance(period_multiplier, numbers.Real)
                 and math.isfinite(period_multiplier)
                 and period_multiplier >= 1):
             raise ValueError(

@@ -93,7 +93,8 @@ def _build(name, args):
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=args.jit_compile,
+        # "auto": graph mode on TensorFlow (CPU), compiled on JAX.
+        jit_compile=True if args.jit_compile else "auto",
     )
     return model
 

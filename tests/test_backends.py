@@ -118,3 +118,25 @@ def test_jax_per_device_epsilon_is_a_sub_batch_per_device():
             params, velocity, x[i:i + 16], y[i:i + 16], "pugd",
             replicas=2, radius=0.5)
     _close(run["weights"], params)
+
+
+@pytest.mark.slow
+def test_cifar_recipe_runs_on_the_other_backend(tfds_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "recipes", "cifar.py"),
+         "--preset", "cpu", "--method", "rts", "--epochs", "2",
+         "--train-examples", "256", "--batch-size", "64", "--data-dir",
+         tfds_dir, "--test-examples", "500", "--output-dir", run_dir,
+         "--verbose", "0"],
+        capture_output=True, text=True, cwd=root,
+        env={**os.environ, "KERAS_BACKEND": OTHER,
+             "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    # RTS's default timing: SGD in epoch 0, PUGD in epoch 1.
+    assert summary["perturb_start_epoch"] == 1
+    assert summary["grad_evals"] == 4 + 2 * 4
+    assert 0.0 < summary["final_test_top1"] <= 1.0

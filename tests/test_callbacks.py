@@ -75,6 +75,25 @@ def test_keras_schedules_and_plain_callables_are_accepted():
         [0.0, 0.25, 0.5, 0.75])
 
 
+def test_schedules_of_the_epoch_and_current_value_are_accepted():
+    # The signature keras.callbacks.LearningRateScheduler users write.
+    history = _fit(_model(radius=1.0), 4, [
+        callbacks.RadiusScheduler(lambda epoch, rho: rho * 0.5),
+        callbacks.GradScaleScheduler(lambda epoch, lam=7.0: 0.1 * epoch),
+    ])
+    assert history.history["radius"] == pytest.approx(
+        [0.5, 0.25, 0.125, 0.0625])
+    assert history.history["grad_scale"] == pytest.approx(
+        [0.0, 0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize("bad", ["big", None, [1.0, 2.0]])
+def test_a_schedule_value_that_is_not_a_number_is_named(bad):
+    with pytest.raises(ValueError, match="radius schedule gave .* at epoch "
+                       "0: radius must be a number"):
+        _fit(_model(), 2, [callbacks.RadiusScheduler(lambda epoch: bad)])
+
+
 def test_per_step_radius_is_set_at_every_step():
     seen = []
 

@@ -417,8 +417,51 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         keras_rts.RTSModel(_net(), **kwargs)
 
 
+def test_numpy_scalars_are_numbers():
+    model = keras_rts.RTSModel(
+        _net(), method="sam", radius=np.float32(0.1),
+        grad_scale=np.float64(0.5), weight_decay=np.float32(5e-4),
+        perturb=np.bool_(True))
+    assert float(model.radius.numpy()) == pytest.approx(0.1)
+    assert model.get_config()["perturb"] is True
+    assert keras_rts.RTSModel(_net(), sub_batch_size=np.int64(4)
+                              ).get_config()["sub_batch_size"] == 4
+    cosine = keras_rts.schedules.Cosine(np.float32(3.0), np.float64(0.1),
+                                        period=np.int64(10))
+    assert float(cosine(0)) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(method=["pugd"]), "method"),
+    (dict(method="sgd", sub_batch_size=4), "sub_batch_size"),
+    (dict(method="ugd", sub_batch_size=4), "sub_batch_size"),
+    (dict(perturbation=["global"]), "perturbation"),
+    (dict(sub_batch_size=0), "sub_batch_size"),
+    (dict(sub_batch_size=2.5), "sub_batch_size"),
+    (dict(eta=-0.1), "eta"),
+])
+def test_more_bad_arguments_raise_value_errors_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        keras_rts.RTSModel(_net(), **kwargs)
+
+
 @pytest.mark.parametrize("not_a_model", [keras.layers.Dense(3), "resnet",
                                          lambda x: x])
 def test_wrapping_something_that_is_not_a_keras_model_fails(not_a_model):
     with pytest.raises(ValueError, match="model must be a keras.Model"):
         keras_rts.RTSModel(not_a_model)
+
+
+def test_export_serves_the_trained_network(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("SavedModel export is checked on TensorFlow")
+    import tensorflow as tf
+
+    x, y = _data()
+    model = _rts("pugd")
+    _fit(model, x, y)
+    model.export(str(tmp_path / "served"))
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    np.testing.assert_allclose(served.serve(x).numpy(),
+                               model.predict(x, verbose=0), rtol=1e-5,
+                               atol=1e-6)
