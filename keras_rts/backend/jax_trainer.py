@@ -1,6 +1,6 @@
 """`RTSModel`'s step on JAX: the passes as `jax.value_and_grad` of Keras'
-own stateless `compute_loss_and_updates`, the phase chosen by
-`jax.lax.cond` inside the one compiled step, the new state returned.
+own stateless `compute_loss_and_updates`, one compiled step per phase, the
+new state returned.
 
 Under `keras.distribution.DataParallel` the step is one global
 computation (GSPMD): `g` is the global batch's gradient, so ε is the
@@ -33,18 +33,8 @@ class Trainer:
                     optimizer_variables=optimizer_values)
             return loss, y_pred, grads, new_state
 
-        def phase(perturbing):  # a `Step`, a namedtuple: a JAX pytree
-            return lambda: self._step(pass_fn, batch, trainable,
-                                      non_trainable, perturbing,
-                                      loss_scale=loss_scale)
-
-        perturbing = False
-        if self._method.name != "sgd":
-            perturbing = non_trainable[_index(self.non_trainable_variables,
-                                              self.perturb)]
-            step = jax.lax.cond(perturbing, phase(True), phase(False))
-        else:
-            step = phase(False)()
+        step = self._step(pass_fn, batch, trainable, non_trainable,
+                          self._perturbing, loss_scale=loss_scale)
         new_trainable, new_optimizer = optimizer.stateless_apply(
             optimizer_values, step.direction, trainable)
         if not scaled:  # a LossScaleOptimizer skips non-finite steps itself
@@ -53,9 +43,43 @@ class Trainer:
                                    optimizer_values)
         metrics, metrics_values = self._update_metrics_variables(
             metrics_values, step.loss, x, y, step.y_pred, sample_weight)
-        logs = self._logs(metrics, step, perturbing, step.state)
+        logs = self._logs(metrics, step, self._method_on(self._perturbing),
+                          step.state)
         return logs, (new_trainable, step.state, new_optimizer,
                       metrics_values)
+
+    def make_train_function(self, force=False):
+        """One compiled step per phase (perturbing or not), each traced on
+        first use and kept, chosen from `perturb` before the step. (A
+        `jax.lax.cond` between the phases inside one compiled step ran
+        20× slower on XLA's CPU backend, even in the one-pass phase.)"""
+        if self.train_function is not None and not force:
+            return
+        index = _index(self.non_trainable_variables, self.perturb)
+        functions = {}
+        shardings = None  # read now: during `fit` the variables are purged
+        if keras.distribution.distribution() is not None:
+            shardings = (None, self._get_state_sharding_spec())
+
+        def compiled(perturbing):
+            # As Keras' own `make_train_function`, one closure per phase.
+            def step(state, data):
+                self._perturbing = perturbing  # read when traced
+                return self.train_step(state, data)
+
+            if not self.run_eagerly and self.jit_compile:
+                step = jax.jit(step, donate_argnums=0,
+                               out_shardings=shardings)
+            return self._make_function(step)
+
+        def train_function(state, iterator):
+            perturbing = (self._method.name != "sgd"
+                          and bool(state[1][index]))
+            if perturbing not in functions:
+                functions[perturbing] = compiled(perturbing)
+            return functions[perturbing](state, iterator)
+
+        self.train_function = train_function
 
     def _sub_batch_loop(self, batch, size, body, carry):
         """`body(part, fraction, carry) -> (carry, y_pred)` over the
