@@ -17,6 +17,7 @@ remember lives in the model (`RTSModel.timing`), so a run resumed with
 import inspect
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -183,13 +184,46 @@ class GradScaleScheduler(_VariableScheduler):
 
 
 class _Trigger(keras.callbacks.Callback):
-    """Switches the perturbation on; remembers when in `model.timing`."""
+    """Switches the perturbation on; remembers when in `model.timing`.
+
+    A trigger decides the phase per epoch (`_phase_on`); within the phase
+    the method's step runs on every step, or with `perturb_every=k` on every
+    k-th step only (global steps `t` with `t mod k = 0`), plain one-pass
+    steps between — as Composer's SAM `interval` and LookSAM. The step is
+    switched by assigning `RTSModel.perturb` between steps: each phase's
+    train function is traced once.
+    """
 
     epochs = None  # the run's length, if given at construction
 
+    def __init__(self, perturb_every=1):
+        super().__init__()
+        self.perturb_every = _check_int("perturb_every", perturb_every,
+                                        minimum=1)
+
     def on_train_begin(self, logs=None):
         _check_rts_model(self, self.model)
-        self._check_epochs(self.epochs or self.params.get("epochs"))
+        fit_epochs = self.params.get("epochs")
+        if self.epochs is not None and fit_epochs is not None:
+            if fit_epochs > self.epochs:
+                raise ValueError(
+                    f"fit(epochs={fit_epochs}) trains beyond the run's "
+                    f"epochs={self.epochs} given to {type(self).__name__} "
+                    "(or rts()): give them the same number.")
+            if fit_epochs < self.epochs:
+                warnings.warn(
+                    f"fit(epochs={fit_epochs}) ends before the run's "
+                    f"epochs={self.epochs} given to {type(self).__name__} "
+                    "(or rts()): the schedules and the timing follow the "
+                    "longer run. Expected when one run spans several fit "
+                    "calls; otherwise give both the same number.",
+                    stacklevel=2)
+        self._check_epochs(self.epochs or fit_epochs)
+        if self.perturb_every > 1 and not self.params.get("steps"):
+            raise ValueError(
+                f"{type(self).__name__}(perturb_every={self.perturb_every}) "
+                "needs a known number of steps per epoch: pass "
+                "steps_per_epoch to fit().")
 
     def _check_epochs(self, epochs):
         pass
@@ -200,7 +234,8 @@ class _Trigger(keras.callbacks.Callback):
         epoch = int(self.model.timing.perturb_start_epoch.numpy())
         return None if epoch < 0 else epoch
 
-    def _started(self, epoch):
+    def _phase_on(self, epoch):
+        """Whether epoch `epoch` is in the perturbing phase."""
         start = self.perturb_start_epoch
         return start is not None and epoch >= start
 
@@ -213,8 +248,17 @@ class _Trigger(keras.callbacks.Callback):
         return None if math.isnan(value) else value
 
     def on_epoch_begin(self, epoch, logs=None):
-        assign_between_steps(self.model, self.model.perturb,
-                             self._started(epoch))
+        self._epoch = epoch
+        self._on = self._phase_on(epoch)
+        if self.perturb_every == 1:
+            assign_between_steps(self.model, self.model.perturb, self._on)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.perturb_every > 1:
+            step = self._epoch * self.params["steps"] + batch
+            assign_between_steps(
+                self.model, self.model.perturb,
+                self._on and step % self.perturb_every == 0)
 
 
 class PerturbationWindow(_Trigger):
@@ -230,18 +274,23 @@ class PerturbationWindow(_Trigger):
             it, the `epochs` of `fit` are used (checked when training
             begins). Give it when one run spans several `fit` calls (as a
             Hyperband trial continued from an earlier one).
+        perturb_every: within the window, the method's step on every
+            `perturb_every`-th step only (global steps `t` with
+            `t mod perturb_every = 0`), plain steps between.
 
     Example:
 
     ```python
     # SGD for epochs 0–99, PUGD for 100–199.
     keras_rts.callbacks.PerturbationWindow(start_epoch=100)
+    # Interval SAM: the method's step on every 4th step of the whole run.
+    keras_rts.callbacks.PerturbationWindow(start_epoch=0, perturb_every=4)
     ```
     """
 
     def __init__(self, start_epoch=None, start_fraction=None, end_epoch=None,
-                 epochs=None):
-        super().__init__()
+                 epochs=None, perturb_every=1):
+        super().__init__(perturb_every)
         if (start_epoch is None) == (start_fraction is None):
             raise ValueError(
                 "Give exactly one of start_epoch and start_fraction, got "
@@ -252,6 +301,7 @@ class PerturbationWindow(_Trigger):
             _check_int("start_epoch", start_epoch)
         if start_fraction is not None and not (
             isinstance(start_fraction, numbers.Real)
+            and not isinstance(start_fraction, bool)
             and 0 <= start_fraction < 1
         ):
             raise ValueError(
@@ -291,14 +341,83 @@ class PerturbationWindow(_Trigger):
         super().on_train_begin(logs)
         self._start = self.start(self.epochs or self.params["epochs"])
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def _phase_on(self, epoch):
         if epoch >= self._start and self.perturb_start_epoch is None:
             self._switch_on_from(self._start)
         end = self.end_epoch
-        assign_between_steps(
-            self.model, self.model.perturb,
-            self._start <= epoch and (end is None or epoch < end)
-        )
+        return self._start <= epoch and (end is None or epoch < end)
+
+
+class LearningRateTrigger(PerturbationWindow):
+    """Late-phase timing tied to the learning-rate schedule.
+
+    The perturbation is on from the first epoch that begins with the
+    learning rate at or below `lr_fraction` of its peak over the run (the
+    largest learning rate at the start of an epoch), to the end. Late-phase
+    SAM is reported to match full SAM at a fraction of its cost (Zhou et al.,
+    ICLR 2025); tying the start to the schedule keeps it late whatever the
+    run's length or warm-up. The start is computed from the optimizer's
+    `keras.optimizers.schedules.LearningRateSchedule` when training begins,
+    so a run that would never switch is refused before its first step.
+
+    Args:
+        lr_fraction: the fraction of the peak learning rate, in (0, 1).
+        epochs: the number of epochs of the run, as for
+            `PerturbationWindow` (default: the `epochs` of `fit`).
+        perturb_every: as for `PerturbationWindow`.
+
+    Example:
+
+    ```python
+    # PUGD once the cosine-decayed learning rate is below 10 % of its peak
+    # (the last 20 % of the run).
+    keras_rts.callbacks.LearningRateTrigger(lr_fraction=0.1)
+    ```
+    """
+
+    def __init__(self, lr_fraction, epochs=None, perturb_every=1):
+        if isinstance(lr_fraction, bool) or not isinstance(
+                lr_fraction, numbers.Real) or not 0 < lr_fraction < 1:
+            raise ValueError(
+                f"lr_fraction must be a number in (0, 1), got "
+                f"{lr_fraction!r}.")
+        self.lr_fraction = float(lr_fraction)
+        super().__init__(start_epoch=0, epochs=None,
+                         perturb_every=perturb_every)
+        self.start_epoch = None
+        if epochs is not None:
+            self.epochs = _check_int("epochs", epochs, minimum=1)
+
+    def start(self, epochs):
+        return self.lr_start_epoch(self.model, epochs, self.params["steps"])
+
+    def _check_epochs(self, epochs):
+        pass  # checked in `lr_start_epoch`, which needs the optimizer
+
+    def lr_start_epoch(self, model, epochs, steps):
+        """The first epoch whose learning rate is ≤ `lr_fraction` × peak."""
+        optimizer = getattr(model.optimizer, "inner_optimizer",
+                            model.optimizer)  # under a LossScaleOptimizer
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if not isinstance(schedule,
+                          keras.optimizers.schedules.LearningRateSchedule) or (
+                              not steps):
+            raise ValueError(
+                "LearningRateTrigger needs a learning-rate schedule (a "
+                "keras.optimizers.schedules.LearningRateSchedule given to "
+                "the optimizer) and steps_per_epoch in fit(): with a "
+                "constant learning rate the perturbation would never "
+                "switch on.")
+        rates = [float(keras.ops.convert_to_numpy(schedule(e * steps)))
+                 for e in range(epochs)]
+        peak = max(rates)
+        for epoch, rate in enumerate(rates):
+            if rate <= self.lr_fraction * peak:
+                return epoch
+        raise ValueError(
+            f"The learning rate stays above lr_fraction={self.lr_fraction} "
+            f"of its peak ({peak:g}) at the start of every one of the "
+            f"{epochs} epochs: the perturbation would never switch on.")
 
 
 class GradNormVarianceTrigger(_Trigger):
@@ -315,10 +434,11 @@ class GradNormVarianceTrigger(_Trigger):
         gamma: factor of the threshold.
         k: how many recent steps the compared variance covers (at most
             `keras_rts.timing_state.GRAD_NORM_CAPACITY`).
+        perturb_every: as for `PerturbationWindow`.
     """
 
-    def __init__(self, t0=5, gamma=0.5, k=100):
-        super().__init__()
+    def __init__(self, t0=5, gamma=0.5, k=100, perturb_every=1):
+        super().__init__(perturb_every)
         self.t0 = _check_int("t0", t0)
         self.gamma = _check_positive("gamma", gamma)
         self.k = _check_int("k", k, minimum=2)
@@ -366,10 +486,11 @@ class GeneralizationGapTrigger(_Trigger):
         xi: number of epochs whose gaps make the base.
         mu: factor of the base.
         t: check every `t` epochs after the first `xi`.
+        perturb_every: as for `PerturbationWindow`.
     """
 
-    def __init__(self, xi=5, mu=2.0, t=1):
-        super().__init__()
+    def __init__(self, xi=5, mu=2.0, t=1, perturb_every=1):
+        super().__init__(perturb_every)
         self.xi = _check_int("xi", xi, minimum=1)
         self.mu = _check_positive("mu", mu)
         self.t = _check_int("t", t, minimum=1)
@@ -411,7 +532,8 @@ class GeneralizationGapTrigger(_Trigger):
 
 def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
         end_epoch=None, grad_scale=(1.0, 0.5), radius_shape="cosine",
-        grad_scale_shape="linear", timing=None, steps_per_epoch=None):
+        grad_scale_shape="linear", timing=None, steps_per_epoch=None,
+        lr_fraction=None, perturb_every=1):
     """The callbacks of the combined method, RTS = R + T + S.
 
     Defaults, and why: ρ anneals by a cosine from 3 to 0.1 over the run (a
@@ -423,25 +545,42 @@ def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
     training settles (a hypothesis the results comparison puts to the
     test).
 
+    `epochs` is the length of the run, which the schedules span: `fit`
+    must not train beyond it (an error before the first step). A `fit`
+    with fewer epochs gets a warning, since its run ends before the
+    schedules do — expected when one run deliberately spans several `fit`
+    calls (`initial_epoch`), as a Hyperband trial continued from an
+    earlier one.
+
     Args:
         epochs: the number of epochs of the run.
         radius: `(first, last)` values of ρ.
         start_epoch: epoch from which the perturbation is on.
         start_fraction: or the start as a fraction of `epochs` (0.5 when
-            neither is given).
+            none of `start_epoch`, `start_fraction`, `lr_fraction` is
+            given).
         end_epoch: optional epoch from which it is off again.
         grad_scale: `(first, last)` values of λ.
         radius_shape: shape of ρ over the run, one of
             `keras_rts.schedules.SHAPES`.
         grad_scale_shape: shape of λ over the run.
         timing: instead of the fixed window, a trigger callback
-            (`GradNormVarianceTrigger`, `GeneralizationGapTrigger`).
+            (`GradNormVarianceTrigger`, `GeneralizationGapTrigger`,
+            `LearningRateTrigger`).
         steps_per_epoch: if given, ρ and λ change at every step (their
             shapes run over `epochs · steps_per_epoch` steps) instead of
             every epoch.
+        lr_fraction: late phase: the perturbation on once the learning
+            rate is at or below this fraction of its peak
+            (`LearningRateTrigger`).
+        perturb_every: the method's step on every `perturb_every`-th step
+            of the perturbing phase only, plain steps between (interval
+            mode; `grad_evals` grows by one per plain step, two per
+            perturbed one).
 
     Returns:
-        A list of callbacks for `model.fit`.
+        A list of callbacks for `model.fit`: the radius scheduler, the
+        gradient-scale scheduler and the timing trigger.
 
     Example:
 
@@ -458,19 +597,38 @@ def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
             raise ValueError(
                 f"{name} must be a (first, last) pair, got {pair!r}."
             )
-    if timing is None:
+        for value in pair:
+            if isinstance(value, bool) or not isinstance(
+                    value, numbers.Real) or not (
+                        math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{name} must hold finite non-negative numbers, got "
+                    f"{pair!r}.")
+    window = (start_epoch, start_fraction, end_epoch)
+    if timing is None and lr_fraction is not None:
+        if window != (None, None, None):
+            raise ValueError(
+                "lr_fraction starts the perturbation from the learning "
+                "rate: give it without start_epoch, start_fraction and "
+                "end_epoch.")
+        timing = LearningRateTrigger(lr_fraction, epochs=epochs,
+                                     perturb_every=perturb_every)
+    elif timing is None:
         if start_epoch is None and start_fraction is None:
             start_fraction = 0.5
         timing = PerturbationWindow(start_epoch, start_fraction, end_epoch,
-                                    epochs=epochs)
-    elif not isinstance(timing, _Trigger) or (
-        start_epoch, start_fraction, end_epoch) != (None, None, None):
+                                    epochs=epochs,
+                                    perturb_every=perturb_every)
+    elif not isinstance(timing, _Trigger) or window != (None, None, None) \
+            or lr_fraction is not None or perturb_every != 1:
         raise ValueError(
             "timing must be a trigger callback, and replaces start_epoch, "
-            f"start_fraction and end_epoch; got timing={timing!r}."
+            "start_fraction, end_epoch, lr_fraction and perturb_every (give "
+            f"perturb_every to the trigger); got timing={timing!r}."
         )
     else:
         timing._check_epochs(epochs)
+        timing.epochs = timing.epochs or epochs
     per_step = steps_per_epoch is not None
     duration = epochs
     if per_step:

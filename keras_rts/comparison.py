@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from keras_rts import experiment, plots
+from keras_rts import experiment, plots, reporting
 
 COSTS = ("grad_evals", "wall_time_seconds", "cpu_time_seconds")
 
@@ -109,10 +109,11 @@ def aggregate(runs):
     Returns:
         `{method: {metric: {"mean", "std", "values"}, "relative_cost":
         {"sgd": {cost: ratio}, "pugd": {…}}, "difference": {"sgd":
-        {accuracy: {"mean", "std", "values"}}, "pugd": {…}}}}`. Cost
+        {accuracy: reporting.paired_interval(…)}, "pugd": {…}}}}`. Cost
         ratios are of means; accuracy differences are paired by seed (the
-        same seed gives both runs the same initial weights and batches).
-        Only against methods that were run.
+        same seed gives both runs the same initial weights and batches),
+        with a 95 % Student-t interval. Only against methods that were
+        run.
     """
     result = {}
     for method, summaries in runs.items():
@@ -128,25 +129,20 @@ def aggregate(runs):
             for base in bases
         }
         result[method]["difference"] = {
-            base: {key: _mean_std(np.subtract(result[method][key]["values"],
-                                              result[base][key]["values"]))
-                   for key in ACCURACIES}
+            base: {key: reporting.paired_interval(
+                result[method][key]["values"], result[base][key]["values"])
+                for key in ACCURACIES}
             for base in bases
         }
     return result
 
 
 def _points(d):
-    return f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}"
-
-
-def _verdict(d, base):
-    """`above`/`below` `base` by the mean paired difference; `tie` when
-    the mean is within one standard deviation of the differences."""
-    word = "above" if d["mean"] > 0 else "below"
-    if abs(d["mean"]) <= d["std"] or d["mean"] == 0:
-        return f"tie with {base}"
-    return f"{word} {base}"
+    """`+0.48 [−0.21, +1.17]`: the mean difference and its 95 % interval, pp."""
+    if d["low"] is None:
+        return f"{100 * d['mean']:+.2f}"
+    return (f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, "
+            f"{100 * d['high']:+.2f}]")
 
 
 def table(aggregates):
@@ -170,7 +166,7 @@ def table(aggregates):
             cells += ["—" if b == method else _points(
                 a["difference"][b][key]) for b in bases]
         cells.append(", ".join(
-            _verdict(a["difference"][b]["final_test_top1"], b)
+            reporting.verdict(a["difference"][b]["final_test_top1"], b)
             for b in bases if b != method) or "—")
         accuracy.append("| " + " | ".join(cells) + " |")
 
@@ -206,32 +202,6 @@ def _curves(output_dir, methods, seeds):
     return curves
 
 
-def machine():
-    """The processor and the number of CPU cores of this machine."""
-    import platform
-
-    return {"processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count()}
-
-
-def describe_machine(*parts):
-    """One line for the dictionaries of `machine` and library versions.
-
-    Example:
-
-    >>> describe_machine({"processor": "x86_64", "cpus": 2}, {"keras": "3"})
-    'x86_64, 2 CPU cores; keras 3'
-    """
-    machine = {}
-    for part in parts:
-        machine.update(part)
-    head = ", ".join(filter(None, [
-        machine.pop("processor", None),
-        f"{machine.pop('cpus')} CPU cores" if "cpus" in machine else None]))
-    rest = ", ".join(f"{k} {v}" for k, v in machine.items())
-    return "; ".join(filter(None, [head, rest]))
-
-
 def write_results(output_dir, methods, seeds, command=None):
     """Writes `results.json`, `results.md` and `comparison.png` from the runs."""
     runs = load_runs(output_dir, methods, seeds)
@@ -239,7 +209,8 @@ def write_results(output_dir, methods, seeds, command=None):
     first = runs[methods[0]][0]["settings"]
     shared = {k: v for k, v in first.items() if k not in ("method", "seed")}
     results = {"methods": list(methods), "seeds": list(seeds),
-               "settings": shared, "command": command, "machine": machine(),
+               "settings": shared, "command": command,
+               "machine": reporting.machine(),
                "versions": runs[methods[0]][0]["versions"],
                "aggregates": aggregates, "runs": runs}
     with open(os.path.join(output_dir, "results.json"), "w") as f:
@@ -252,12 +223,14 @@ def write_results(output_dir, methods, seeds, command=None):
             f"{shared['epochs']} epochs, batch {shared['batch_size']}, "
             f"seeds {', '.join(map(str, seeds))}; top-1 on the {evaluated} "
             "set; mean ± std over seeds. Δ: the differences to SGD's and "
-            "PUGD's runs of the same seed, mean ± std over seeds, in "
-            "percentage points; the verdict is by the mean difference, a "
-            "tie when it is within one std.\n\n" + table(aggregates)
+            "PUGD's runs of the same seed, mean [95 % interval] over seeds "
+            "(Student t, paired by seed), in percentage points; the verdict "
+            "says above or below only when the interval excludes zero.\n\n"
+            + table(aggregates)
             + "\n\n"
             f"Command: `{command}`  \nMachine: "
-            f"{describe_machine(results['machine'], results['versions'])}\n")
+            + reporting.describe_machine(results["machine"],
+                                         results["versions"]) + "\n")
     plots.plot_comparison(
         _curves(output_dir, methods, seeds),
         os.path.join(output_dir, "comparison.png"),

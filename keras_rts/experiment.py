@@ -21,12 +21,14 @@ with `resume=True`, and then ends exactly as an uninterrupted run would.
 """
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import platform
+import re
 import time
 from typing import Optional, Tuple
 
@@ -42,26 +44,60 @@ from keras_rts import plots
 from keras_rts import schedules
 from keras_rts.model import RTSModel
 
-METHODS = ("sgd", "ugd", "sam", "asam", "pugd", "r", "t", "s", "rts")
-"""The recipes' methods: the steps of SPEC §1, and PUGD with R, T, S, RTS."""
+@dataclasses.dataclass(frozen=True)
+class RecipeMethod:
+    """A recipe method: an `RTSModel` step and the RTS controls it adds.
 
-TIMINGS = ("fixed", "variance", "gap")
+    Attributes:
+        name: the `--method` value.
+        step: the `RTSModel` method, or `None` for the controlled methods,
+            whose step is `--base-method` (default `pugd`).
+        controls: the RTS controls: `"r"` (ρ scheduled), `"t"` (timing),
+            `"s"` (λ scheduled), or several.
+        radius: the default ρ in units of the step's own default ρ
+            (`keras_rts.directions.Method.default_radius`): one value, or
+            first and last for `r`.
+        grad_scale: the default λ (first and last for `s`), or `None`
+            for the step's own λ.
+    """
+
+    name: str
+    step: Optional[str]
+    controls: str
+    radius: Tuple[float, ...] = (1.0,)
+    grad_scale: Optional[Tuple[float, ...]] = None
+
+    def takes(self, control):
+        return control in self.controls
+
+
+METHODS = {m.name: m for m in (
+    RecipeMethod("sgd", "sgd", ""),
+    RecipeMethod("ugd", "ugd", ""),
+    RecipeMethod("sam", "sam", ""),
+    RecipeMethod("asam", "asam", ""),
+    RecipeMethod("pugd", "pugd", ""),
+    RecipeMethod("r", None, "r", radius=(1.0, 0.1)),
+    RecipeMethod("t", None, "t"),
+    RecipeMethod("s", None, "s", grad_scale=(1.0, 0.5)),
+    RecipeMethod("rts", None, "rts", radius=(3.0, 0.1),
+                 grad_scale=(1.0, 0.5)),
+)}
+"""The recipes' methods: the steps of SPEC §1, and the R, T, S and RTS
+controls over a base step. Default ρ (in units of the step's own: SAM's
+CIFAR value 0.05 (Foret et al.), ASAM's 0.5 (Kwon et al.), PUGD's 1): `r` a
+cosine from 1 down to 0.1, `rts` the cosine from 3 to 0.1, which has come
+down to 1.55 when `rts` switches to PUGD halfway (`r` perturbs from the
+first epoch, and from 3 it trained 4 points below PUGD on CIFAR-10; from 1
+it trains above, docs/results/README.md). Default λ for `s` and `rts`: from
+PUGD's 1 down to 0.5 over the run, as `keras_rts.callbacks.rts`."""
+
+BASE_METHODS = ("pugd", "sam", "asam")
+"""The steps the controls can drive (`--base-method`)."""
+
+TIMINGS = ("fixed", "lr", "variance", "gap")
 STRATEGIES = ("none", "mirrored", "multiworker")
 
-DEFAULT_RADIUS = {
-    "sgd": (0.0,), "ugd": (0.0,), "sam": (0.05,), "asam": (0.5,),
-    "pugd": (1.0,), "t": (1.0,), "s": (1.0,), "r": (1.0, 0.1),
-    "rts": (3.0, 0.1),
-}
-"""ρ by method: SAM's CIFAR value (Foret et al.), ASAM's (Kwon et al.),
-PUGD's fixed 1; `r` a cosine from PUGD's 1 down to 0.1, `rts` the cosine
-from 3 to 0.1, which has come down to 1.55 when `rts` switches to PUGD
-halfway. `r` perturbs from the first epoch, and from 3 it trained 4 points
-below PUGD on CIFAR-10; from 1 it trains above (docs/results/README.md)."""
-
-DEFAULT_GRAD_SCALE = (1.0, 0.5)
-"""λ for `s` and `rts`: from PUGD's 1 down to 0.5 over the run, as
-`keras_rts.callbacks.rts`."""
 
 PRESETS = {
     "paper": dict(model="resnet18", epochs=200, batch_size=128, lr=0.1,
@@ -81,7 +117,10 @@ class Settings:
     """Everything that defines a run; each field is a recipe flag."""
 
     dataset: str = _field("cifar10", "dataset", choices=data_lib.DATASETS)
-    method: str = _field("pugd", "training method", choices=METHODS)
+    method: str = _field("pugd", "training method", choices=tuple(METHODS))
+    base_method: Optional[str] = _field(
+        None, "the step that r, t, s and rts control (default pugd)",
+        choices=BASE_METHODS)
     model: str = _field("resnet18", "network", choices=models_lib.MODELS)
     epochs: int = _field(200, "epochs of the run")
     batch_size: int = _field(128, "examples per batch")
@@ -104,10 +143,14 @@ class Settings:
         None, "tiny_imagenet: resize the 64×64 images to this side (area "
         "averaging), e.g. 32; default the originals")
     cutout: int = _field(0, "side of the cutout square (0: none)")
+    label_noise: float = _field(
+        0.0, "replace this fraction of the training labels by another "
+        "class, drawn uniformly (symmetric noise, fixed by the seed; test "
+        "and validation labels stay clean)")
     radius: Optional[Tuple[float, ...]] = _field(
         None, "ρ: one value, or first and last for methods r and rts "
         "(default by method: sam 0.05, asam 0.5, pugd/t/s 1, r 1 0.1, "
-        "rts 3 0.1)",
+        "rts 3 0.1, the last four times the base method's ρ)",
         nargs="+")
     radius_shape: str = _field("cosine", "shape of ρ for r and rts",
                                choices=schedules.SHAPES)
@@ -116,8 +159,16 @@ class Settings:
         "(default: the method's λ; s/rts 1 0.5)", nargs="+")
     grad_scale_shape: str = _field("linear", "shape of λ for s and rts",
                                    choices=schedules.SHAPES)
-    timing: str = _field("fixed", "trigger of the perturbation for t and rts",
-                         choices=TIMINGS)
+    timing: str = _field(
+        "fixed", "trigger of the perturbation for t and rts: a fixed "
+        "start, the learning rate (lr), the gradient-norm variance, the "
+        "generalization gap", choices=TIMINGS)
+    lr_fraction: float = _field(
+        0.5, "lr timing: perturb once the learning rate is at or below this "
+        "fraction of its peak (0.5: the second half under cosine decay)")
+    perturb_every: int = _field(
+        1, "take the method's step on every k-th step of the perturbing "
+        "phase only, plain steps between (interval mode)")
     start_fraction: Optional[float] = _field(
         None, "fixed timing: start as a fraction of the epochs (default 0.5)")
     start_epoch: Optional[int] = _field(None, "fixed timing: start epoch")
@@ -143,29 +194,41 @@ class Settings:
         None, "m: form ε per sub-batch of m examples of each replica's "
         "batch and average (m-sharpness); default one ε per batch")
 
+    @property
+    def recipe_method(self):
+        return METHODS[self.method]
+
+    @property
+    def step(self):
+        """The `RTSModel` method of the run (the base method for r/t/s/rts)."""
+        return self.recipe_method.step or self.base_method or "pugd"
+
     def method_radius(self):
-        return tuple(self.radius or DEFAULT_RADIUS[self.method])
-
-    def resolved(self):
-        """These settings with the method's default ρ and λ filled in.
-
-        Returns:
-            A copy whose `radius` (and, for `s`/`rts`, `grad_scale`) are
-            the values the run uses, so that a saved run does not change
-            meaning when a default does. λ stays `None` for the other
-            methods: their λ is the method's own (SPEC §1).
-        """
-        grad_scale = self.method_grad_scale()
-        return dataclasses.replace(
-            self, radius=self.method_radius(),
-            grad_scale=None if grad_scale == (None,) else grad_scale)
+        if self.radius:
+            return tuple(self.radius)
+        unit = directions.METHODS[self.step].default_radius
+        return tuple(unit * r for r in self.recipe_method.radius)
 
     def method_grad_scale(self):
         if self.grad_scale:
             return tuple(self.grad_scale)
-        if self.method in ("s", "rts"):
-            return DEFAULT_GRAD_SCALE
-        return (None,)  # the method's own λ
+        return self.recipe_method.grad_scale or (None,)  # the step's own λ
+
+    def resolved(self):
+        """These settings with the method's defaults filled in.
+
+        Returns:
+            A copy whose `radius` (and, for `s`/`rts`, `grad_scale`, and
+            for the controlled methods `base_method`) are the values the
+            run uses, so that a saved run does not change meaning when a
+            default does. λ stays `None` for the other methods: their λ is
+            the method's own (SPEC §1).
+        """
+        grad_scale = self.method_grad_scale()
+        return dataclasses.replace(
+            self, radius=self.method_radius(),
+            grad_scale=None if grad_scale == (None,) else grad_scale,
+            base_method=None if self.recipe_method.step else self.step)
 
 
 LOCATION_FIELDS = ("data_dir",)
@@ -207,12 +270,24 @@ def validate(settings):
     """Checks the settings before any work; raises `ValueError` naming a flag."""
     s = settings
     for name in ("dataset", "method", "model", "radius_shape",
-                 "grad_scale_shape", "timing", "strategy", "perturbation"):
+                 "grad_scale_shape", "timing", "strategy", "perturbation",
+                 "base_method"):
         choices = Settings.__dataclass_fields__[name].metadata["choices"]
-        if getattr(s, name) not in choices:
+        if getattr(s, name) not in choices and not (
+                name == "base_method" and s.base_method is None):
             raise _error(name, f"{getattr(s, name)!r} is not one of "
                          f"{list(choices)}")
-    for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t"):
+    if s.base_method is not None and s.recipe_method.step is not None:
+        raise _error("base_method", f"method {s.method} is its own step; "
+                     "only r, t, s and rts take a base method")
+    if not 0 <= s.label_noise < 1:
+        raise _error("label_noise", f"must be in [0, 1), got {s.label_noise}")
+    if not 0 < s.lr_fraction < 1:
+        raise _error("lr_fraction", f"must be in (0, 1), got {s.lr_fraction}")
+    if s.perturb_every != 1 and s.step in ("sgd", "ugd"):
+        raise _error("perturb_every", f"method {s.method} never perturbs")
+    for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t",
+                 "perturb_every"):
         if getattr(s, name) < 1:
             raise _error(name, f"must be ≥ 1, got {getattr(s, name)}")
     if s.sub_batch_size is not None:
@@ -230,10 +305,10 @@ def validate(settings):
     if s.train_examples is not None and s.train_examples < s.batch_size:
         raise _error("train_examples", f"{s.train_examples} is fewer than "
                      f"one batch of {s.batch_size}")
-    scheduled = {"radius": ("r", "rts"), "grad_scale": ("s", "rts")}
+    scheduled = {"radius": "r", "grad_scale": "s"}
     pairs = {"radius": s.method_radius(), "grad_scale": s.method_grad_scale()}
     for name, values in pairs.items():
-        wanted = 2 if s.method in scheduled[name] else 1
+        wanted = 2 if s.recipe_method.takes(scheduled[name]) else 1
         if len(values) != wanted:
             raise _error(name, f"method {s.method} takes "
                          f"{'first and last values' if wanted == 2 else 'one value'}"
@@ -259,17 +334,21 @@ def validate(settings):
 
 
 def _trigger(s):
+    every = dict(perturb_every=s.perturb_every)
     if s.timing == "variance":
         return rts_callbacks.GradNormVarianceTrigger(
-            t0=s.variance_t0, gamma=s.variance_gamma, k=s.variance_k)
+            t0=s.variance_t0, gamma=s.variance_gamma, k=s.variance_k, **every)
     if s.timing == "gap":
         return rts_callbacks.GeneralizationGapTrigger(
-            xi=s.gap_xi, mu=s.gap_mu, t=s.gap_t)
+            xi=s.gap_xi, mu=s.gap_mu, t=s.gap_t, **every)
+    if s.timing == "lr":
+        return rts_callbacks.LearningRateTrigger(s.lr_fraction,
+                                                 epochs=s.epochs, **every)
     start_fraction = s.start_fraction
     if s.start_epoch is None and start_fraction is None:
         start_fraction = 0.5
     return rts_callbacks.PerturbationWindow(
-        s.start_epoch, start_fraction, s.end_epoch, epochs=s.epochs)
+        s.start_epoch, start_fraction, s.end_epoch, epochs=s.epochs, **every)
 
 
 def method_plan(s):
@@ -279,20 +358,23 @@ def method_plan(s):
         `(model_kwargs, callbacks)`.
     """
     radius, grad_scale = s.method_radius(), s.method_grad_scale()
-    base = s.method if s.method in directions.METHODS else "pugd"
-    kwargs = dict(method=base, radius=radius[0], grad_scale=grad_scale[0],
+    method = s.recipe_method
+    kwargs = dict(method=s.step, radius=radius[0], grad_scale=grad_scale[0],
                   weight_decay=s.weight_decay, perturbation=s.perturbation,
                   sub_batch_size=s.sub_batch_size)
     callbacks = []
-    if s.method in ("r", "rts"):
+    if method.takes("r"):
         callbacks.append(rts_callbacks.RadiusScheduler(
             schedules.get(s.radius_shape, *radius, duration=s.epochs)))
-    if s.method in ("s", "rts"):
+    if method.takes("s"):
         callbacks.append(rts_callbacks.GradScaleScheduler(
             schedules.get(s.grad_scale_shape, *grad_scale,
                           duration=s.epochs)))
-    if s.method in ("t", "rts"):
+    if method.takes("t"):
         callbacks.append(_trigger(s))
+    elif s.perturb_every != 1:  # interval mode over the whole run
+        callbacks.append(rts_callbacks.PerturbationWindow(
+            start_epoch=0, epochs=s.epochs, perturb_every=s.perturb_every))
     return kwargs, callbacks
 
 
@@ -361,7 +443,7 @@ def versions():
 
 
 def _summary(settings, rows, final, grad_evals):
-    has_second_pass = settings.method not in ("sgd", "ugd")
+    has_second_pass = settings.step not in ("sgd", "ugd")
     started = [int(float(r["epoch"])) for r in rows
                if float(r["perturb"]) > 0]
     accuracies = [float(r["val_accuracy"]) for r in rows]
@@ -406,7 +488,7 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
             unfinished run without `resume`, or settings that differ from
             those of the run being resumed.
     """
-    validate(settings)
+    check_run(settings, output_dir, resume)
     # Before any other TensorFlow work: a multi-worker strategy must be
     # created first. Workers other than the chief write into their own
     # folder, so that nothing is written twice.
@@ -414,24 +496,10 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     worker = _worker_index(strategy)
     if worker:
         output_dir = os.path.join(output_dir, f"worker{worker}")
+        check_run(settings, output_dir, resume)
     paths = {name: os.path.join(output_dir, name) for name in (
         "settings.json", "history.csv", "summary.json", "curves.png",
         "backup")}
-    if os.path.exists(paths["summary.json"]):
-        raise ValueError(
-            f"{output_dir} already holds a finished run (summary.json); "
-            "choose another output folder — nothing was overwritten.")
-    started = os.path.exists(paths["settings.json"])
-    if started and not resume:
-        raise ValueError(
-            f"{output_dir} holds an unfinished run: pass --resume to "
-            "continue it, or choose another output folder.")
-    if started:
-        changed = settings_differences(load_settings(output_dir), settings)
-        if changed:
-            raise ValueError(
-                f"Cannot resume {output_dir}: its settings differ in "
-                f"{changed}.")
     os.makedirs(output_dir, exist_ok=True)
     with open(paths["settings.json"], "w") as f:
         json.dump(dataclasses.asdict(settings.resolved()), f, indent=2)
@@ -483,6 +551,62 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     return summary
 
 
+def check_run(settings, output_dir, resume=False):
+    """Checks a run before any work: settings, data and output folder.
+
+    Raises:
+        ValueError: naming the flag — bad settings, data that is not
+            where `data_dir` says, a folder that holds a finished run, an
+            unfinished run without `resume`, or one whose settings differ.
+    """
+    validate(settings)
+    check_data(settings)
+    if os.path.exists(os.path.join(output_dir, "summary.json")):
+        raise _error("output_dir", f"{output_dir} already holds a finished "
+                     "run (summary.json); choose another folder — nothing "
+                     "was overwritten.")
+    started = os.path.exists(os.path.join(output_dir, "settings.json"))
+    if started and not resume:
+        raise _error("output_dir", f"{output_dir} holds an unfinished run: "
+                     "pass --resume to continue it, or choose another "
+                     "folder.")
+    if started:
+        changed = settings_differences(load_settings(output_dir), settings)
+        if changed:
+            raise _error("resume", f"cannot resume {output_dir}: its "
+                         f"settings differ in {changed}.")
+
+
+def check_data(settings):
+    """Checks that the data is there and the sizes fit it; reads no image.
+
+    With `data_dir`, the dataset must be prepared there (nothing is
+    downloaded or written); the example counts must fit the dataset.
+    """
+    s = settings
+    try:
+        sizes = data_lib.check(s.dataset, s.data_dir)
+    except ValueError as e:
+        raise _error("data_dir", str(e)) from None
+    if sizes is None:
+        return  # TFDS' default folder: tfds.load prepares it
+    train, test = sizes
+    if not s.validation_examples < train:
+        raise _error("validation_examples", f"{s.validation_examples} leaves "
+                     f"no training image of the {train}")
+    available = train - s.validation_examples
+    if s.train_examples is not None and s.train_examples > available:
+        raise _error("train_examples", f"{s.train_examples} is more than the "
+                     f"{available} training images "
+                     f"{'left after validation' if s.validation_examples else 'there are'}")
+    if (s.train_examples or available) < s.batch_size:
+        raise _error("batch_size", f"{s.batch_size} is more than the "
+                     f"{s.train_examples or available} training images")
+    if s.test_examples is not None and s.test_examples > test:
+        raise _error("test_examples", f"{s.test_examples} is more than the "
+                     f"{test} test images")
+
+
 def datasets(settings, initial_epoch=0):
     """The run's training data (epochs `initial_epoch` on) and evaluation data.
 
@@ -496,7 +620,8 @@ def datasets(settings, initial_epoch=0):
     train = data_lib.load(
         s.dataset, "train", batch_size=s.batch_size,
         train_examples=s.train_examples, cutout=s.cutout, seed=s.seed,
-        epochs=s.epochs, initial_epoch=initial_epoch, **common)
+        epochs=s.epochs, initial_epoch=initial_epoch,
+        label_noise=s.label_noise, **common)
     if s.validation_examples:
         evaluation = data_lib.load(s.dataset, "validation", batch_size=500,
                                    **common)
@@ -561,29 +686,128 @@ def steps_per_epoch(settings):
 
 # --- command line ---------------------------------------------------------
 
-def argument_parser(description, datasets=data_lib.DATASETS):
+class RecipeParser(argparse.ArgumentParser):
+    """An `argparse` parser whose errors are one line: `<script>: error: …`.
+
+    argparse prints the usage before its errors, and says `argument
+    --flag:`; a recipe says `--flag:` and nothing else, exit status 2.
+    """
+
+    def error(self, message):
+        message = re.sub(r"^argument ([-\w]+)(/[-\w]+)*: ", r"\1: ", message)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+@contextlib.contextmanager
+def flag_errors(parser):
+    """Turns a `ValueError` raised inside into the parser's one-line error."""
+    try:
+        yield
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def _number(kind, minimum=None, maximum=None, low_open=False,
+            high_open=False):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        too_low = minimum is not None and (
+            value <= minimum if low_open else value < minimum)
+        too_high = maximum is not None and (
+            value >= maximum if high_open else value > maximum)
+        if too_low or too_high:
+            bounds = (f"{'(' if low_open else '['}{minimum}, "
+                      f"{maximum}{')' if high_open else ']'}"
+                      if maximum is not None else
+                      f"{'>' if low_open else '≥'} {minimum}")
+            raise argparse.ArgumentTypeError(
+                f"must be {'in ' if maximum is not None else ''}{bounds}, "
+                f"got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in errors
+    return parse
+
+
+positive_int = _number(int, minimum=1)
+non_negative_int = _number(int, minimum=0)
+non_negative_float = _number(float, minimum=0)
+
+
+def verbosity(text):
+    """Keras `fit` verbosity from a flag: `auto`, 0, 1 or 2."""
+    if text == "auto":
+        return text
+    if text not in ("0", "1", "2"):
+        raise argparse.ArgumentTypeError(
+            f"must be auto, 0, 1 or 2, got {text!r}")
+    return int(text)
+
+
+FLAG_TYPES = {
+    "epochs": positive_int, "batch_size": positive_int,
+    "seed": _number(int, minimum=0, maximum=2**32 - 1),
+    "lr": _number(float, minimum=0, low_open=True),
+    "momentum": _number(float, minimum=0, maximum=1, high_open=True),
+    "weight_decay": non_negative_float,
+    "train_examples": positive_int, "test_examples": positive_int,
+    "validation_examples": non_negative_int, "image_size": positive_int,
+    "cutout": non_negative_int, "label_noise": _number(
+        float, minimum=0, maximum=1, high_open=True),
+    "radius": non_negative_float, "grad_scale": non_negative_float,
+    "start_fraction": _number(float, minimum=0, maximum=1, high_open=True),
+    "start_epoch": non_negative_int, "end_epoch": positive_int,
+    "lr_fraction": _number(float, minimum=0, maximum=1, low_open=True,
+                           high_open=True),
+    "perturb_every": positive_int, "variance_t0": non_negative_int,
+    "variance_gamma": _number(float, minimum=0, low_open=True),
+    "variance_k": _number(int, minimum=2), "gap_xi": positive_int,
+    "gap_mu": _number(float, minimum=0, low_open=True), "gap_t": positive_int,
+    "sub_batch_size": positive_int,
+}
+"""The flags' parsers: bounds a value can be checked against on its own."""
+
+
+def argument_parser(description, datasets=data_lib.DATASETS, exclude=(),
+                    run_flags=True):
     """The recipes' parser: one flag per `Settings` field, and run flags.
 
     Args:
         description: the recipe's description.
         datasets: the datasets this recipe offers.
+        exclude: `Settings` fields that are not flags of this script.
+        run_flags: offer `--output-dir`, `--resume` and `--tensorboard`.
     """
-    parser = argparse.ArgumentParser(
+    parser = RecipeParser(
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                        help="scale of the run; explicit flags override it")
-    parser.add_argument("--output-dir", default=None,
-                        help="the run's folder (default runs/<dataset>_"
-                        "<model>_<method>_seed<seed>)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the unfinished run in --output-dir")
-    parser.add_argument("--verbose", default="auto",
-                        help="Keras fit verbosity: auto, 0, 1 or 2")
-    parser.add_argument("--tensorboard", action="store_true",
-                        help="also log to TensorBoard in <output-dir>/"
-                        "tensorboard")
+                        help="scale of the run; explicit flags override it "
+                        "(default: paper)")
+    if run_flags:
+        parser.add_argument(
+            "--output-dir", default=None,
+            help="the run's folder (default: runs/<dataset>_<model>_"
+            "<method>_seed<seed>)")
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the unfinished run in "
+                            "--output-dir")
+        parser.add_argument("--tensorboard", action="store_true",
+                            help="also log to TensorBoard in <output-dir>/"
+                            "tensorboard")
+    parser.add_argument("--verbose", default="auto", type=verbosity,
+                        help="Keras fit verbosity: auto, 0, 1 or 2 (default: "
+                        "auto; one line per epoch when the output is not a "
+                        "terminal)")
     for field in dataclasses.fields(Settings):
+        if field.name in exclude:
+            continue
         flag = "--" + field.name.replace("_", "-")
         meta = dict(field.metadata)
         help_text = meta.pop("help")
@@ -595,15 +819,27 @@ def argument_parser(description, datasets=data_lib.DATASETS):
         if field.type is bool or field.default is False:
             parser.add_argument(flag, action="store_true", help=help_text)
             continue
-        kind = {int: int, float: float}.get(type(field.default), str)
-        if field.name in ("train_examples", "test_examples", "start_epoch",
-                          "end_epoch", "sub_batch_size", "image_size"):
-            kind = int
-        if field.name in ("radius", "grad_scale", "start_fraction"):
-            kind = float
+        kind = FLAG_TYPES.get(field.name, str)
+        shown = _default_text(field)
+        if shown is not None:
+            help_text += f" (default: {shown})"
         parser.add_argument(flag, type=kind, default=default, help=help_text,
-                            **meta)
+                            metavar=field.name.split("_")[-1].upper()
+                            if "choices" not in meta else None, **meta)
     return parser
+
+
+def _default_text(field):
+    """The default a flag's help shows, or `None` if the help says it."""
+    if "default" in field.metadata["help"]:
+        return None
+    presets = {name: p[field.name] for name, p in PRESETS.items()
+               if field.name in p}
+    if presets:
+        return ", ".join(f"{v} with --preset {k}" for k, v in presets.items())
+    if field.default is None:
+        return None
+    return str(field.default)
 
 
 def settings_from_args(args):
@@ -611,7 +847,7 @@ def settings_from_args(args):
     preset = PRESETS[args.preset]
     values = {}
     for field in dataclasses.fields(Settings):
-        value = getattr(args, field.name)
+        value = getattr(args, field.name, None)
         if value is None:
             value = preset.get(field.name, field.default)
         values[field.name] = tuple(value) if isinstance(value, list) else value
@@ -638,15 +874,22 @@ def settings_to_flags(settings):
 
 
 def main(argv=None, description=None, datasets=data_lib.DATASETS):
-    """Parses the flags and runs: what a recipe script calls."""
-    args = argument_parser(description, datasets).parse_args(argv)
-    settings = settings_from_args(args)
-    verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
-    output_dir = args.output_dir or os.path.join(
-        "runs", f"{settings.dataset}_{settings.model}_{settings.method}_"
-        f"seed{settings.seed}")
+    """Parses the flags and runs: what a recipe script calls.
+
+    Every bad flag value, the data and the output folder are checked
+    before anything is written; an error is one line naming the flag
+    (exit status 2).
+    """
+    parser = argument_parser(description, datasets)
+    args = parser.parse_args(argv)
+    with flag_errors(parser):
+        settings = settings_from_args(args)
+        output_dir = args.output_dir or os.path.join(
+            "runs", f"{settings.dataset}_{settings.model}_"
+            f"{settings.method}_seed{settings.seed}")
+        check_run(settings, output_dir, resume=args.resume)
     summary = run(settings, output_dir=output_dir, resume=args.resume,
-                  verbose=verbose, tensorboard=args.tensorboard)
+                  verbose=args.verbose, tensorboard=args.tensorboard)
     print(f"{settings.method} on {settings.dataset}: final "
           f"{summary['evaluated_on']} top-1 "
           f"{summary['final_test_top1']:.4f}, best "

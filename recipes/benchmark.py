@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_rts
-from keras_rts import comparison
+from keras_rts import reporting
 
 # name: (method, perturb[, sub_batch_size]); None is a plain keras.Model.
 STEPS = {
@@ -150,7 +150,7 @@ def step_cost(args):
             f"{k} {v * 1000:.1f} ms" for k, v in median.items()) + ".",
         "",
         f"Command: `{result['command']}`",
-        f"Machine: {comparison.describe_machine(result['machine'])}",
+        f"Machine: {reporting.describe_machine(result['machine'])}",
     ]
     table = "\n".join(lines)
     print(table)
@@ -163,7 +163,7 @@ def step_cost(args):
 
 
 def _machine():
-    return {**comparison.machine(), "python": platform.python_version(),
+    return {**reporting.machine(), "python": platform.python_version(),
             "tensorflow": tf.__version__, "keras": keras.__version__,
             "keras_backend": keras.backend.backend()}
 
@@ -227,7 +227,7 @@ def pipeline(args):
          for m, r in rates.items()] + [
         "",
         f"Command: `{result['command']}`",
-        f"Machine: {comparison.describe_machine(result['machine'])}",
+        f"Machine: {reporting.describe_machine(result['machine'])}",
     ])
     print(table)
     _write(args.output, f"pipeline_{args.dataset}", result, table)
@@ -370,7 +370,7 @@ def measure_run_cost(args):
         f"{r['wall_vs_sgd']:.3f} | {r['predicted_vs_pugd']:.3f} | "
         f"{r['cpu_vs_pugd']:.3f} | {r['wall_vs_pugd']:.3f} |" for r in rows
     ] + ["", f"Command: `{command}`",
-         f"Machine: {comparison.describe_machine(_machine())}"]
+         f"Machine: {reporting.describe_machine(_machine())}"]
     table = "\n".join(lines)
     print(table)
     _write(args.output, f"run_cost_{args.model}",

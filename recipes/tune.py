@@ -1,66 +1,115 @@
 """Search the RTS hyperparameters with KerasTuner.
 
-    python recipes/tune.py --dataset cifar10 --preset cpu --tuner bayesian \\
-        --max-trials 20 --output-dir tuning/cifar10 --data-dir DIR
+Example:
 
-Takes the training recipes' flags (the network, data and schedule length)
-and searches ρ_max, ρ_min, the radius shape, the start of the perturbation,
-λ's start and end, and optionally the learning rate, validating on
---validation-examples training images held out of training. Writes the
-tuner's project (<output-dir>/tuner), trials.csv and trials.md, and
+    python recipes/tune.py --dataset cifar10 --preset cpu --epochs 60 \\
+        --tuner bayesian --max-trials 30 --validation-examples 5000 \\
+        --max-cost-fraction 0.625 --output-dir docs/tuning/cifar10_60 \\
+        --data-dir ../shared/datasets/tensorflow_datasets
+
+Takes the training recipes' data, network and schedule flags, and searches
+the step the controls drive, ρ, λ and the timing (keras_rts.tuning), scoring
+each trial on --validation-examples training images held out of training.
+Writes the tuner's project (<output-dir>/tuner), search.json (the search's
+settings), and after every trial trials.csv and trials.md (best first) and
 best_command.txt: the training-recipe command that reproduces the best
-trial. Re-running continues the search; --overwrite starts over.
+trial. Re-running the same command continues the search; --overwrite starts
+over.
 """
 
-import csv
 import dataclasses
 import json
 import os
 
 from keras_rts import data, experiment, tuning
+from keras_rts.reporting import write_table
+
+NOT_SEARCH_FLAGS = (
+    "method", "base_method", "radius", "radius_shape", "grad_scale",
+    "grad_scale_shape", "timing", "start_fraction", "start_epoch",
+    "end_epoch", "lr_fraction", "perturb_every", "variance_t0",
+    "variance_gamma", "variance_k", "gap_xi", "gap_mu", "gap_t")
+"""Settings the search chooses (or does not offer): not flags of tune.py."""
+
+
+def _space_flags(parser):
+    defaults = tuning.SearchSpace()
+    for field in dataclasses.fields(tuning.SearchSpace):
+        value = getattr(defaults, field.name)
+        if field.name == "lr":
+            kind, shown = float, "the settings' --lr"
+        else:
+            kind = type(value[0])
+            shown = " ".join(str(v) for v in value)
+        parser.add_argument(
+            "--search-" + field.name.replace("_", "-"), nargs="+",
+            type=kind, default=None, metavar=kind.__name__.upper(),
+            help=f"search: {field.name} (default: {shown})")
+
+
+def write_trials(tuner, hypermodel, output_dir):
+    """Writes trials.csv, trials.md and best_command.txt of the search."""
+    rows = tuning.trials_table(tuner)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    write_table(os.path.join(output_dir, "trials.md"), columns,
+                rows, csv_path=os.path.join(output_dir, "trials.csv"))
+    best = tuner.oracle.get_best_trials(1)
+    if best:
+        command = tuning.recipe_command(
+            hypermodel.trial_settings(best[0].hyperparameters))
+        with open(os.path.join(output_dir, "best_command.txt"), "w") as f:
+            f.write(command + "\n")
+        return best[0], command
+    return None, None
 
 
 def main(argv=None):
-    parser = experiment.argument_parser(__doc__)
+    parser = experiment.argument_parser(__doc__, exclude=NOT_SEARCH_FLAGS,
+                                        run_flags=False)
+    parser.add_argument("--output-dir", required=True,
+                        help="the search's folder")
     parser.add_argument("--tuner", choices=sorted(tuning.TUNERS),
                         default="bayesian")
-    parser.add_argument("--max-trials", type=int, default=20)
-    parser.add_argument("--hyperband-factor", type=int, default=3)
+    parser.add_argument("--max-trials", type=experiment.positive_int,
+                        default=20, help="trials of random and Bayesian "
+                        "searches (Hyperband's follow from --epochs)")
+    parser.add_argument("--hyperband-factor", type=experiment.positive_int,
+                        default=3, help="Hyperband's reduction factor "
+                        "(default: 3)")
+    parser.add_argument("--initial-points", type=experiment.positive_int,
+                        default=10, help="Bayesian: random trials before the "
+                        "objective is modelled (default: 10)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete the search in --output-dir and start over")
+                        help="delete the search in --output-dir and start "
+                        "over")
     parser.add_argument("--max-cost-fraction", type=float, default=None,
                         help="score −1 for trials costing more than this "
                         "fraction of PUGD's gradient evaluations")
     parser.add_argument("--cost-weight", type=float, default=0.0,
                         help="score = top-1 − cost_weight · cost fraction")
-    space_fields = {f.name: f for f in dataclasses.fields(tuning.SearchSpace)}
-    for name in space_fields:
-        parser.add_argument(
-            "--search-" + name.replace("_", "-"), nargs="+", default=None,
-            type=str if name == "radius_shapes" else float,
-            help=f"search bounds of {name} (default "
-            f"{getattr(tuning.SearchSpace(), name)})")
+    _space_flags(parser)
     args = parser.parse_args(argv)
-    if not args.output_dir:
-        parser.error("--output-dir is required")
     settings = experiment.settings_from_args(args)
-    if not settings.validation_examples:
-        total = data.train_size(settings.dataset, settings.data_dir)
-        settings = dataclasses.replace(
-            settings, validation_examples=max(settings.batch_size,
-                                              total // 10))
-    space = tuning.SearchSpace(**{
-        name: tuple(getattr(args, "search_" + name))
-        for name in space_fields if getattr(args, "search_" + name)})
-    hypermodel = tuning.RTSHyperModel(
-        settings, settings.validation_examples, space,
-        max_cost_fraction=args.max_cost_fraction,
-        cost_weight=args.cost_weight,
-        verbose=args.verbose if args.verbose == "auto" else int(args.verbose))
+    validation = settings.validation_examples or max(
+        settings.batch_size,
+        data.train_size(settings.dataset, settings.data_dir) // 10)
+    space_args = {f.name: getattr(args, "search_" + f.name)
+                  for f in dataclasses.fields(tuning.SearchSpace)}
+    with experiment.flag_errors(parser):
+        space = tuning.SearchSpace(**{
+            name: tuple(value) for name, value in space_args.items()
+            if value is not None})
+        hypermodel = tuning.RTSHyperModel(
+            settings, validation, space,
+            max_cost_fraction=args.max_cost_fraction,
+            cost_weight=args.cost_weight,
+            verbose=args.verbose)
+    settings = hypermodel.settings
 
     search = {"settings": dataclasses.asdict(settings),
               "space": dataclasses.asdict(space), "tuner": args.tuner,
               "hyperband_factor": args.hyperband_factor,
+              "initial_points": args.initial_points,
               "max_cost_fraction": args.max_cost_fraction,
               "cost_weight": args.cost_weight}
     search = json.loads(json.dumps(search))  # tuples as lists
@@ -71,12 +120,11 @@ def main(argv=None):
         # Settings newer than the search count as their defaults.
         saved["settings"] = {**json.loads(json.dumps(dataclasses.asdict(
             experiment.Settings()))), **saved.get("settings", {})}
-        saved.setdefault("hyperband_factor", args.hyperband_factor)
         if saved != search:
             parser.error(
-                f"{args.output_dir} holds a search with other settings: "
-                "pass --overwrite to start over, or choose another "
-                "--output-dir.")
+                f"--output-dir: {args.output_dir} holds a search with other "
+                "settings: pass --overwrite to start over, or choose "
+                "another folder.")
     os.makedirs(args.output_dir, exist_ok=True)
     with open(search_path, "w") as f:
         json.dump(search, f, indent=2)
@@ -84,28 +132,11 @@ def main(argv=None):
     tuner = tuning.make_tuner(
         args.tuner, hypermodel, args.output_dir, project_name="tuner",
         max_trials=args.max_trials, overwrite=args.overwrite,
-        seed=settings.seed, hyperband_factor=args.hyperband_factor)
+        seed=settings.seed, hyperband_factor=args.hyperband_factor,
+        initial_points=args.initial_points,
+        on_trial_end=lambda t: write_trials(t, hypermodel, args.output_dir))
     tuner.search()
-
-    rows = tuning.trials_table(tuner)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(os.path.join(args.output_dir, "trials.csv"), "w",
-              newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(args.output_dir, "trials.md"), "w") as f:
-        f.write("| " + " | ".join(columns) + " |\n")
-        f.write("|" + "---|" * len(columns) + "\n")
-        for row in rows:
-            f.write("| " + " | ".join(
-                f"{v:.4g}" if isinstance(v, float) else str(v)
-                for v in (row.get(c, "") for c in columns)) + " |\n")
-    best = tuner.oracle.get_best_trials(1)[0]
-    command = tuning.recipe_command(
-        hypermodel.trial_settings(best.hyperparameters))
-    with open(os.path.join(args.output_dir, "best_command.txt"), "w") as f:
-        f.write(command + "\n")
+    best, command = write_trials(tuner, hypermodel, args.output_dir)
     print(f"best trial {best.trial_id}: score {best.score:.4f}\n{command}")
 
 

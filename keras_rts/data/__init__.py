@@ -47,6 +47,34 @@ def train_size(name, data_dir=None):
     return cifar.TRAIN_SIZE
 
 
+def check(name, data_dir=None):
+    """Checks that a dataset is where `data_dir` says, reading no image.
+
+    Nothing is downloaded, created or written.
+
+    Args:
+        name: one of `DATASETS`.
+        data_dir: a prepared TFDS folder (CIFAR), or the Tiny ImageNet
+            folder. Without it, CIFAR comes from TFDS' default folder
+            (which `tfds.load` prepares, downloading if needed).
+
+    Returns:
+        `(train_size, test_size)`, or `None` for CIFAR without `data_dir`.
+
+    Raises:
+        ValueError: naming the folder and what it should hold.
+    """
+    _check(name)
+    if name == "tiny_imagenet":
+        if data_dir is None:
+            raise ValueError("tiny_imagenet needs data_dir, its folder.")
+        return (len(tiny_imagenet.list_files(data_dir, "train")[0]),
+                len(tiny_imagenet.list_files(data_dir, "val")[0]))
+    if data_dir is None:
+        return None
+    return cifar.prepared_sizes(name, data_dir)
+
+
 def load(name, split, *, data_dir=None, **kwargs):
     """A recipe dataset's `"train"` or `"test"` split.
 

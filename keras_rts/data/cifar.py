@@ -4,26 +4,52 @@ import os
 
 import tensorflow_datasets as tfds
 
-from keras_rts.data.pipeline import image_pipeline
+from keras_rts.data.pipeline import check_label_noise, image_pipeline
 
 STATISTICS = {
     # Per-channel mean and standard deviation of the training images.
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 TRAIN_SIZE = 50_000
 SPLITS = ("train", "validation", "test")
+
+
+def prepared_sizes(name, data_dir):
+    """`(train, test)` sizes of the CIFAR dataset prepared in `data_dir`.
+
+    Raises:
+        ValueError: naming the folder, when the dataset is not prepared
+            there (nothing is downloaded or created).
+    """
+    if not os.path.isdir(data_dir):
+        raise ValueError(
+            f"{data_dir} does not exist: it should be a folder holding the "
+            f"prepared TFDS dataset {name} ({name}/<version>/), e.g. made by "
+            f"tfds.builder('{name}').download_and_prepare() on a machine "
+            "with network.")
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise ValueError(
+            f"{data_dir} holds no prepared {name} "
+            f"({name}/{builder.version}/dataset_info.json): it should be a "
+            "prepared TFDS folder; nothing was downloaded.")
+    splits = builder.info.splits
+    return splits["train"].num_examples, splits["test"].num_examples
 
 
 def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
           train_examples=None, validation_examples=0, test_examples=None,
           augment=None,
-          cutout=0, seed=0, cache=True, epochs=None, initial_epoch=0):
+          cutout=0, seed=0, cache=True, epochs=None, initial_epoch=0,
+          label_noise=0.0):
     """Loads a CIFAR split as a batched, normalised `tf.data.Dataset`.
 
-    The data comes from `tfds.load`, which reads a prepared TFDS folder
-    (`data_dir`, else the `TFDS_DATA_DIR` environment variable, else TFDS'
-    default) and downloads only if the data is not there.
+    The data comes from `tfds.load`, which reads a prepared TFDS folder:
+    `data_dir` (which must hold it: nothing is downloaded there), else the
+    `TFDS_DATA_DIR` environment variable, else TFDS' default (where it
+    downloads if the data is not there).
 
     Args:
         name: `"cifar10"` or `"cifar100"`.
@@ -44,6 +70,8 @@ def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
         epochs: for training, make the epochs `initial_epoch … epochs − 1`
             explicit (see `keras_rts.data.pipeline.image_pipeline`).
         initial_epoch: the first epoch of a resumed run.
+        label_noise: for `"train"`, replace this fraction of the labels by
+            another class (symmetric noise, fixed by `seed`).
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)` batches: float32 images of
@@ -71,6 +99,7 @@ def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
             "split='validation' needs validation_examples > 0: the "
             "validation split is carved from the training images."
         )
+    check_label_noise(label_noise, split)
     kept = TRAIN_SIZE - validation_examples
     size = {"train": train_examples or kept, "validation": validation_examples,
             "test": test_examples or 10_000}[split]
@@ -87,12 +116,15 @@ def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
         "validation": f"train[{kept}:]",
         "test": f"test[:{test_examples or 10_000}]",
     }[split]
+    if data_dir is not None:
+        prepared_sizes(name, data_dir)
     dataset = tfds.load(
         name,
         split=tfds_split,
         as_supervised=True,
         data_dir=data_dir or os.environ.get("TFDS_DATA_DIR"),
         shuffle_files=False,
+        download=data_dir is None,
     )
     mean, std = STATISTICS[name]
     return image_pipeline(
@@ -107,4 +139,7 @@ def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,
         epochs=epochs,
         initial_epoch=initial_epoch,
         size=size,
+        label_noise=label_noise,
+        num_classes=NUM_CLASSES[name],
     )
+

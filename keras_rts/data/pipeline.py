@@ -5,11 +5,52 @@ import tensorflow as tf
 from keras_rts.data import augment as augment_lib
 
 _EPOCH_STRIDE = 1 << 32  # keeps (epoch, example) seeds distinct
+_NOISE_STREAMS = (-1, -2)  # label-noise keys, apart from the epochs' (≥ 0)
+
+
+def check_label_noise(label_noise, split):
+    """Raises a `ValueError` unless `label_noise` fits the `split`."""
+    if not (isinstance(label_noise, (int, float)) and 0 <= label_noise < 1):
+        raise ValueError(
+            f"label_noise must be in [0, 1), got {label_noise!r}.")
+    if label_noise and split != "train":
+        raise ValueError(
+            f"label_noise applies to the training split only, not "
+            f"split={split!r}: evaluation labels stay clean.")
+
+
+def symmetric_label_noise(labels, fraction, num_classes, seed):
+    """Replaces a fraction of the labels by another class, drawn uniformly.
+
+    Exactly `floor(fraction · n + 1/2)` of the `n` labels change: which
+    ones, and to which of the other `num_classes − 1` classes (each equally
+    likely), is fixed by `seed` alone.
+
+    Args:
+        labels: int32 tensor of shape `(n,)`.
+        fraction: the fraction of labels replaced, in [0, 1).
+        num_classes: the number of classes (≥ 2).
+        seed: an integer.
+
+    Returns:
+        The noisy labels, int32 of shape `(n,)`.
+    """
+    n = labels.shape[0]
+    count = int(fraction * n + 0.5)
+    if count == 0:
+        return labels
+    pick, shift = (tf.constant([seed, stream], tf.int64)
+                   for stream in _NOISE_STREAMS)
+    chosen = tf.argsort(tf.random.stateless_uniform([n], seed=pick))[:count]
+    offsets = tf.random.stateless_uniform(
+        [count], seed=shift, minval=1, maxval=num_classes, dtype=tf.int32)
+    replaced = (tf.gather(labels, chosen) + offsets) % num_classes
+    return tf.tensor_scatter_nd_update(labels, chosen[:, None], replaced)
 
 
 def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
                    cutout=0, cache=True, epochs=None, initial_epoch=0,
-                   size=None):
+                   size=None, label_noise=0.0, num_classes=None):
     """Caches, shuffles, normalises, augments, batches and prefetches.
 
     Training data is random in two ways, both keyed by `(seed, epoch)`: the
@@ -33,6 +74,9 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
         epochs: for training, the number of epochs of the run.
         initial_epoch: the first epoch the dataset holds.
         size: number of examples (needed for training).
+        label_noise: for training, replace this fraction of the labels
+            (`symmetric_label_noise`, keyed by `seed`).
+        num_classes: the number of classes (needed for `label_noise`).
 
     Returns:
         A batched `tf.data.Dataset` of `(float32 image, int32 label)`.
@@ -57,6 +101,10 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
     if not size:
         raise ValueError("Training pipelines need size, the example count.")
     everything = dataset.batch(size)
+    if label_noise:
+        everything = everything.map(lambda images, labels: (
+            images, symmetric_label_noise(tf.ensure_shape(labels, [size]),
+                                          label_noise, num_classes, seed)))
     if cache:
         everything = everything.cache()
 

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_rts.data.pipeline import image_pipeline
+from keras_rts.data.pipeline import check_label_noise, image_pipeline
 
 MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2302, 0.2265, 0.2262)
@@ -130,7 +130,7 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
                        train_examples=None, validation_examples=0,
                        test_examples=None, image_size=IMAGE_SIZE,
                        augment=None, cutout=0, seed=0, cache=True,
-                       epochs=None, initial_epoch=0):
+                       epochs=None, initial_epoch=0, label_noise=0.0):
     """Loads a Tiny ImageNet split as a batched, normalised `tf.data.Dataset`.
 
     Args:
@@ -154,6 +154,8 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
         epochs: for training, make the epochs `initial_epoch … epochs − 1`
             explicit (see `keras_rts.data.pipeline.image_pipeline`).
         initial_epoch: the first epoch of a resumed run.
+        label_noise: for `"train"`, replace this fraction of the labels by
+            another class (symmetric noise, fixed by `seed`).
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: float32 images of shape
@@ -164,6 +166,7 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
         ValueError: for a wrong or incomplete folder, naming what is missing.
     """
     check_image_size(image_size)
+    check_label_noise(label_noise, split)
     if split == "validation" and not validation_examples:
         raise ValueError(
             "split='validation' needs validation_examples > 0: the "
@@ -210,6 +213,7 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
         training=split == "train" if augment is None else augment,
         seed=seed, cutout=cutout, cache=cache, epochs=epochs,
         initial_epoch=initial_epoch, size=len(paths),
+        label_noise=label_noise, num_classes=num_classes(root),
     )
 
 
