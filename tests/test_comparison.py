@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_rts import comparison
+from keras_rts import comparison, reporting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = sorted(glob.glob(os.path.join(ROOT, "docs", "results", "*",
@@ -38,6 +38,32 @@ def _tables(markdown):
 def _plus_minus(cell):
     mean, std = (float(v) for v in cell.split("±"))
     return mean, std
+
+
+def _interval_cell(cell):
+    """`+1.20 [-0.30, +2.70]` → (1.2, -0.3, 2.7)."""
+    mean, rest = cell.split("[")
+    low, high = rest.rstrip("]").split(",")
+    return float(mean), float(low), float(high)
+
+
+def _t_quantile_by_integration(confidence, df):
+    """Student t's two-sided quantile, by integrating its density (NumPy)."""
+    import math
+    x = np.linspace(0.0, 200.0, 2_000_001)
+    density = (math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi)
+                                            * math.gamma(df / 2))
+               * (1 + x ** 2 / df) ** (-(df + 1) / 2))
+    cdf = 2 * np.concatenate([[0.0], np.cumsum(
+        (density[1:] + density[:-1]) / 2 * np.diff(x))])
+    return float(np.interp(confidence, cdf, x))
+
+
+def _interval(paired):
+    n = len(paired)
+    half = (_t_quantile_by_integration(0.95, n - 1)
+            * np.std(paired, ddof=1) / np.sqrt(n))
+    return np.mean(paired) - half, np.mean(paired) + half
 
 
 def _check_results(folder):
@@ -77,7 +103,12 @@ def _check_results(folder):
                           zip(summaries[method], summaries[base])]
                 d = got["difference"][base][key]
                 assert d["mean"] == pytest.approx(np.mean(paired), abs=1e-12)
-                assert d["std"] == pytest.approx(np.std(paired), abs=1e-12)
+                if len(paired) > 1:
+                    assert d["std"] == pytest.approx(np.std(paired, ddof=1),
+                                                     abs=1e-12)
+                    low, high = _interval(paired)
+                    assert d["low"] == pytest.approx(low, abs=1e-6)
+                    assert d["high"] == pytest.approx(high, abs=1e-6)
     with open(os.path.join(folder, "results.md")) as f:
         accuracy, cost = _tables(f.read())
     assert [r["method"] for r in accuracy] == methods
@@ -96,11 +127,17 @@ def _check_results(folder):
             if base not in methods or base == row["method"]:
                 continue
             d = a["difference"][base]["final_test_top1"]
-            mean, std = _plus_minus(row[f"Δ final vs {base} (pp)"])
-            assert mean == pytest.approx(100 * d["mean"], abs=0.006)
-            assert std == pytest.approx(100 * d["std"], abs=0.006)
-            word = ("tie with" if abs(d["mean"]) <= d["std"] else
-                    "above" if d["mean"] > 0 else "below")
+            cell = row[f"Δ final vs {base} (pp)"]
+            if d["low"] is None:
+                assert float(cell) == pytest.approx(100 * d["mean"], abs=0.006)
+                word = "no difference shown vs"
+            else:
+                mean, low, high = _interval_cell(cell)
+                assert mean == pytest.approx(100 * d["mean"], abs=0.006)
+                assert low == pytest.approx(100 * d["low"], abs=0.006)
+                assert high == pytest.approx(100 * d["high"], abs=0.006)
+                word = ("above" if d["low"] > 0 else "below" if d["high"] < 0
+                        else "no difference shown vs")
             assert f"{word} {base}" in row["final top-1 verdict"]
     for row in cost:
         a = results["aggregates"][row["method"]]
@@ -175,27 +212,55 @@ def test_aggregate_against_hand_computed_numbers():
     assert a["pugd"]["relative_cost"]["sgd"]["grad_evals"] == 2.0
     assert a["pugd"]["relative_cost"]["sgd"]["cpu_time_seconds"] == 2.0
     assert a["sgd"]["relative_cost"]["pugd"]["wall_time_seconds"] == 0.5
-    # Paired by seed: pugd − sgd is +10 and +20 points.
+    # Paired by seed: pugd − sgd is +10 and +20 points: mean 15, sample
+    # std 7.07, t(0.975, 1) = 12.706: 15 ± 63.5, which includes zero.
     d = a["pugd"]["difference"]["sgd"]["final_test_top1"]
-    assert (d["mean"], d["std"]) == (pytest.approx(0.15), pytest.approx(0.05))
+    assert (d["mean"], d["std"]) == (pytest.approx(0.15),
+                                     pytest.approx(0.1 / np.sqrt(2)))
+    assert d["high"] - d["mean"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
     accuracy, cost = _tables(comparison.table(a))
     assert accuracy[1]["final top-1 (%)"] == "65.00 ± 5.00"
-    assert accuracy[1]["Δ final vs sgd (pp)"] == "+15.00 ± 5.00"
-    assert accuracy[1]["final top-1 verdict"] == "above sgd"
-    assert accuracy[0]["final top-1 verdict"] == "below pugd"
+    assert accuracy[1]["Δ final vs sgd (pp)"] == "+15.00 [-48.53, +78.53]"
+    assert accuracy[1]["final top-1 verdict"] == "no difference shown vs sgd"
+    assert accuracy[0]["final top-1 verdict"] == "no difference shown vs pugd"
     assert accuracy[0]["Δ final vs sgd (pp)"] == "—"
     assert cost[0]["evals ÷ pugd"] == "0.50"
     assert cost[1]["wall time ÷ sgd"] == "2.00"
 
 
-def test_a_difference_within_one_std_is_a_tie():
+def test_verdict_only_when_the_interval_excludes_zero():
     summary = dict(grad_evals=1, wall_time_seconds=1.0, cpu_time_seconds=1.0)
-    runs = {"sgd": [dict(summary, final_test_top1=f, best_test_top1=f)
-                    for f in (0.50, 0.50)],
-            "rts": [dict(summary, final_test_top1=f, best_test_top1=f)
-                    for f in (0.52, 0.47)]}  # +2, −3: mean −0.5, std 2.5
-    accuracy, _ = _tables(comparison.table(comparison.aggregate(runs)))
-    assert accuracy[1]["final top-1 verdict"] == "tie with sgd"
+
+    def verdict(differences):
+        runs = {"sgd": [dict(summary, final_test_top1=0.5,
+                             best_test_top1=0.5) for _ in differences],
+                "rts": [dict(summary, final_test_top1=0.5 + d,
+                             best_test_top1=0.5 + d) for d in differences]}
+        accuracy, _ = _tables(comparison.table(comparison.aggregate(runs)))
+        return accuracy[1]["final top-1 verdict"]
+
+    # Five seeds, all +1 ± 0.1 points: the interval excludes zero.
+    assert verdict([0.010, 0.011, 0.009, 0.010, 0.012]) == "above sgd"
+    assert verdict([-0.010, -0.011, -0.009, -0.010, -0.012]) == "below sgd"
+    # Mean +0.6, within one std of the old rule's "above", but the 95 %
+    # interval [−0.55, +1.75] includes zero.
+    assert verdict([0.02, -0.005, 0.01, 0.0, 0.005]) == \
+        "no difference shown vs sgd"
+    assert verdict([0.02]) == "no difference shown vs sgd"  # one seed
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 30])
+def test_t_quantile_against_integrating_the_density(df):
+    assert reporting.t_quantile(0.95, df) == pytest.approx(
+        _t_quantile_by_integration(0.95, df), rel=1e-5)
+    assert reporting.t_quantile(0.8, df) == pytest.approx(
+        _t_quantile_by_integration(0.8, df), rel=1e-5)
+
+
+def test_t_quantile_table_values():
+    # Student's table, two-sided 95 %.
+    for df, t in [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228)]:
+        assert reporting.t_quantile(0.95, df) == pytest.approx(t, abs=1e-3)
 
 
 @pytest.mark.skipif(not COMMITTED_RUNS, reason="no committed runs yet")
