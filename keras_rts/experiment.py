@@ -329,6 +329,12 @@ def validate(settings):
             data_lib.tiny_imagenet.check_image_size(s.image_size)
         except ValueError as e:
             raise _error("image_size", str(e)) from None
+    side = s.image_size or (data_lib.tiny_imagenet.IMAGE_SIZE
+                            if s.dataset == "tiny_imagenet" else 32)
+    if s.cutout >= side:
+        raise _error("cutout", f"must be below the image side {side}: a "
+                     f"{s.cutout}×{s.cutout} square hides most or all of "
+                     "the image (DeVries & Taylor use 16 on 32×32 CIFAR-10)")
     if s.dataset == "tiny_imagenet" and not s.data_dir:
         raise _error("data_dir", "tiny_imagenet needs its folder")
 
@@ -500,17 +506,13 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
     paths = {name: os.path.join(output_dir, name) for name in (
         "settings.json", "history.csv", "summary.json", "curves.png",
         "backup")}
-    os.makedirs(output_dir, exist_ok=True)
-    with open(paths["settings.json"], "w") as f:
-        json.dump(dataclasses.asdict(settings.resolved()), f, indent=2)
-
     initial_epoch = _backup_epoch(paths["backup"]) if resume else 0
     rows = [r for r in read_history(paths["history.csv"])
             if int(r["epoch"]) < initial_epoch]
-    _write_history(paths["history.csv"], rows)
     wall_offset = float(rows[-1]["wall_time"]) if rows else 0.0
     cpu_offset = float(rows[-1]["cpu_time"]) if rows else 0.0
 
+    # The data and the model first: a run that cannot start writes nothing.
     s = settings
     keras.utils.set_random_seed(s.seed)
     train, evaluation = datasets(s, initial_epoch)
@@ -525,6 +527,11 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
                          **model_kwargs)
         compile_model(model, s, steps_per_epoch(s))
+
+    os.makedirs(output_dir, exist_ok=True)
+    with open(paths["settings.json"], "w") as f:
+        json.dump(dataclasses.asdict(settings.resolved()), f, indent=2)
+    _write_history(paths["history.csv"], rows)
     model.fit(
         train, epochs=s.epochs, steps_per_epoch=steps_per_epoch(s),
         validation_data=evaluation,
@@ -695,6 +702,9 @@ class RecipeParser(argparse.ArgumentParser):
 
     def error(self, message):
         message = re.sub(r"^argument ([-\w]+)(/[-\w]+)*: ", r"\1: ", message)
+        message = re.sub(r"^unrecognized arguments: (\S+).*",
+                         r"\1: not a flag of this script (see --help)",
+                         message)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

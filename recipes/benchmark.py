@@ -37,12 +37,15 @@ import platform
 import statistics
 import time
 
-import keras
-import numpy as np
-import tensorflow as tf
+from _startup import quiet_native_stderr
 
-import keras_rts
-from keras_rts import reporting
+with quiet_native_stderr():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_rts
+    from keras_rts import reporting
 
 # name: (method, perturb[, sub_batch_size]); None is a plain keras.Model.
 STEPS = {

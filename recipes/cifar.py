@@ -8,7 +8,10 @@ tensorflow-datasets has prepared the dataset. Every flag is a field of
 keras_rts.experiment.Settings; --preset fills the ones not given.
 """
 
-from keras_rts import experiment
+from _startup import quiet_native_stderr
+
+with quiet_native_stderr():
+    from keras_rts import experiment
 
 if __name__ == "__main__":
     experiment.main(description=__doc__, datasets=("cifar10", "cifar100"))

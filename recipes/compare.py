@@ -13,7 +13,10 @@ results.json, results.md and comparison.png into --output-dir.
 import shlex
 import sys
 
-from keras_rts import comparison, experiment
+from _startup import quiet_native_stderr
+
+with quiet_native_stderr():
+    from keras_rts import comparison, experiment
 
 
 def main(argv=None):

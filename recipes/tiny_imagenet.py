@@ -7,7 +7,10 @@ The test set is the labelled val/ folder. Every flag is a field of
 keras_rts.experiment.Settings; --preset fills the ones not given.
 """
 
-from keras_rts import experiment
+from _startup import quiet_native_stderr
+
+with quiet_native_stderr():
+    from keras_rts import experiment
 
 if __name__ == "__main__":
     experiment.main(description=__doc__, datasets=("tiny_imagenet",))

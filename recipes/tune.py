@@ -21,8 +21,11 @@ import dataclasses
 import json
 import os
 
-from keras_rts import data, experiment, tuning
-from keras_rts.reporting import write_table
+from _startup import quiet_native_stderr
+
+with quiet_native_stderr():
+    from keras_rts import data, experiment, tuning
+    from keras_rts.reporting import write_table
 
 NOT_SEARCH_FLAGS = (
     "method", "base_method", "radius", "radius_shape", "grad_scale",
@@ -95,10 +98,14 @@ def main(argv=None):
         data.train_size(settings.dataset, settings.data_dir) // 10)
     space_args = {f.name: getattr(args, "search_" + f.name)
                   for f in dataclasses.fields(tuning.SearchSpace)}
-    with experiment.flag_errors(parser):
+    try:
         space = tuning.SearchSpace(**{
             name: tuple(value) for name, value in space_args.items()
             if value is not None})
+    except ValueError as e:  # the message starts with the field's name
+        field = str(e).split()[0].rstrip(":")
+        parser.error(f"--search-{field.replace('_', '-')}: {e}")
+    with experiment.flag_errors(parser):
         hypermodel = tuning.RTSHyperModel(
             settings, validation, space,
             max_cost_fraction=args.max_cost_fraction,

@@ -66,10 +66,10 @@ def test_cifar_recipe_end_to_end(tfds_dir, tmp_path):
     assert [float(r["perturb"]) for r in rows] == [0.0, 1.0]
     assert summary["perturb_start_epoch"] == 1
     assert summary["grad_evals"] == 4 + 2 * 4
-    assert float(rows[0]["radius"]) == experiment.DEFAULT_RADIUS["rts"][0]
+    assert float(rows[0]["radius"]) == RECIPE_RADIUS["rts"][0]
     assert summary["settings"]["model"] == "small_resnet"  # the cpu preset
     assert tuple(summary["settings"]["radius"]) == (
-        experiment.DEFAULT_RADIUS["rts"])
+        RECIPE_RADIUS["rts"])
     assert not os.path.exists(os.path.join(run_dir, "backup"))
 
 
@@ -192,6 +192,24 @@ def test_flags_presets_and_overrides():
         parser.parse_args(["--dataset", "tiny_imagenet"])
 
 
+RECIPE_RADIUS = {  # SPEC §4, and the recipes' r and rts (docs/results)
+    "sgd": (0.0,), "ugd": (0.0,), "sam": (0.05,), "asam": (0.5,),
+    "pugd": (1.0,), "t": (1.0,), "s": (1.0,), "r": (1.0, 0.1),
+    "rts": (3.0, 0.1)}
+
+
+@pytest.mark.parametrize("method, base, radius", [
+    ("r", "sam", (0.05, 0.005)), ("rts", "sam", (0.15, 0.005)),
+    ("t", "asam", (0.5,)), ("rts", "pugd", (3.0, 0.1))])
+def test_controls_scale_their_radius_with_the_base_method(method, base,
+                                                          radius):
+    s = experiment.Settings(method=method, base_method=base, epochs=10)
+    assert s.resolved().radius == pytest.approx(radius)
+    kwargs, _ = experiment.method_plan(s)
+    assert (kwargs["method"], kwargs["radius"]) == (base, pytest.approx(
+        radius[0]))
+
+
 @pytest.mark.parametrize("method, base, kinds", [
     ("sgd", "sgd", []), ("sam", "sam", []), ("pugd", "pugd", []),
     ("r", "pugd", [callbacks.RadiusScheduler]),
@@ -205,7 +223,7 @@ def test_method_plans(method, base, kinds):
     kwargs, plan = experiment.method_plan(s)
     assert kwargs["method"] == base
     assert [type(c) for c in plan] == kinds
-    assert kwargs["radius"] == experiment.DEFAULT_RADIUS[method][0]
+    assert kwargs["radius"] == pytest.approx(RECIPE_RADIUS[method][0])
     variance = experiment.method_plan(dataclasses.replace(
         s, method="t", timing="variance"))[1]
     assert isinstance(variance[0], callbacks.GradNormVarianceTrigger)
@@ -217,8 +235,9 @@ def test_saved_settings_spell_out_the_method_defaults(tmp_path):
     resumed or reused as a run of the new default."""
     s = experiment.Settings(method="rts", epochs=10)
     resolved = s.resolved()
-    assert resolved.radius == experiment.DEFAULT_RADIUS["rts"]
-    assert resolved.grad_scale == experiment.DEFAULT_GRAD_SCALE
+    assert resolved.radius == RECIPE_RADIUS["rts"]
+    assert resolved.grad_scale == (1.0, 0.5)
+    assert resolved.base_method == "pugd"
     assert experiment.Settings(method="pugd").resolved().grad_scale is None
     folder = tmp_path / "run"
     folder.mkdir()

@@ -1,17 +1,30 @@
-"""KerasTuner searches over the RTS controls, on small real data."""
+"""KerasTuner searches over the RTS controls: on small real data, and with
+a user's own HyperModel."""
 
+import json
 import math
 import os
 import subprocess
 import sys
 
+import keras
+import keras_tuner
+import numpy as np
 import pytest
 
+import keras_rts
 from keras_rts import experiment, tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, BATCH, TRAIN = 2, 64, 128
 STEPS = TRAIN // BATCH
+
+OWN_RADIUS = {"pugd": 1.0, "sam": 0.05}  # SPEC §4
+OWN_GRAD_SCALE = {"pugd": 1.0, "sam": 0.0}  # SPEC §1
+
+SMALL_SPACE = dict(start_fraction=(0.3, 0.6), lr_fraction=(0.55, 0.9),
+                   perturb_every=(2, 3))
+"""Bounds under which every timing switches within 2 epochs."""
 
 
 def _settings(tfds_dir):
@@ -20,13 +33,51 @@ def _settings(tfds_dir):
         batch_size=BATCH, train_examples=TRAIN, data_dir=tfds_dir)
 
 
-def _radius(shape, hi, lo, epoch):
-    p = epoch / EPOCHS
+def _schedule(shape, first, last, epoch, epochs):
+    p = epoch / epochs
+    if shape == "constant":
+        return first
     if shape == "cosine":
-        return lo + 0.5 * (hi - lo) * (1 + math.cos(math.pi * p))
-    if shape == "quarter_cosine":
-        return lo + (hi - lo) * math.cos(math.pi / 2 * p)
-    return hi + (lo - hi) * p  # linear
+        return last + 0.5 * (first - last) * (1 + math.cos(math.pi * p))
+    return first + (last - first) * p  # linear
+
+
+def expected(hp, epochs, steps, epochs_run=None):
+    """What a trial's model must show after `epochs_run` epochs, from its
+    hyperparameters alone (cosine-decayed learning rate to 0)."""
+    epochs_run = epochs_run or epochs
+    base = hp["base_method"]
+    first = hp["radius_scale"] * OWN_RADIUS[base]
+    last = first if hp["radius_shape"] == "constant" else (
+        first * hp["radius_decay"])
+    if hp["grad_scale_schedule"] == "method":
+        lam = (OWN_GRAD_SCALE[base],) * 2
+        lam_shape = "constant"
+    else:
+        lam, lam_shape = (hp["grad_scale_first"], hp["grad_scale_last"]), \
+            "linear"
+    if hp["timing"] == "fixed":
+        start = math.floor(hp["start_fraction"] * epochs)
+    elif hp["timing"] == "lr":
+        rates = [0.5 * (1 + math.cos(math.pi * e / epochs))
+                 for e in range(epochs)]
+        start = next(e for e, r in enumerate(rates)
+                     if r <= hp["lr_fraction"] * max(rates))
+    else:
+        start = 0
+    every = hp["perturb_every"] if hp["timing"] == "interval" else 1
+    perturbed = [e * steps + b for e in range(start, epochs_run)
+                 for b in range(steps) if (e * steps + b) % every == 0]
+    last_epoch = epochs_run - 1
+    last_step = last_epoch * steps + steps - 1
+    return {
+        "radius": _schedule(hp["radius_shape"], first, last, last_epoch,
+                            epochs),
+        "grad_scale": _schedule(lam_shape, *lam, last_epoch, epochs),
+        "perturb": float(last_epoch >= start
+                         and last_step % every == 0),
+        "grad_evals": steps * epochs_run + len(perturbed),
+    }
 
 
 def _check_trials_reached_the_model(tuner):
@@ -36,19 +87,10 @@ def _check_trials_reached_the_model(tuner):
     for trial in trials:
         hp = trial.hyperparameters.values
         metric = trial.metrics.get_last_value
-        epochs_run = hp.get("tuner/epochs", EPOCHS)
-        last = epochs_run - 1
-        start = math.floor(hp["start_fraction"] * EPOCHS)
-        assert metric("radius") == pytest.approx(_radius(
-            hp["radius_shape"], hp["radius_max"], hp["radius_min"], last),
-            rel=1e-5)
-        assert metric("grad_scale") == pytest.approx(
-            hp["grad_scale_start"] + (hp["grad_scale_end"]
-                                      - hp["grad_scale_start"]) * last
-            / EPOCHS, rel=1e-5, abs=1e-6)
-        assert metric("perturb") == float(last >= start)
-        assert metric("grad_evals") == STEPS * sum(
-            2 if e >= start else 1 for e in range(epochs_run))
+        want = expected(hp, EPOCHS, STEPS, hp.get("tuner/epochs", EPOCHS))
+        for name in ("radius", "grad_scale", "perturb", "grad_evals"):
+            assert metric(name) == pytest.approx(want[name], rel=1e-5,
+                                                 abs=1e-6), name
         assert metric("score") == metric("val_accuracy")
     return trials
 
@@ -60,13 +102,15 @@ def _check_trials_reached_the_model(tuner):
 ])
 def test_search_runs_and_every_trial_reaches_the_model(kind, tfds_dir,
                                                        tmp_path):
-    hypermodel = tuning.RTSHyperModel(_settings(tfds_dir), 256)
+    hypermodel = tuning.RTSHyperModel(
+        _settings(tfds_dir), 256, tuning.SearchSpace(**SMALL_SPACE))
     tuner = tuning.make_tuner(kind, hypermodel, str(tmp_path), max_trials=3,
-                              hyperband_factor=2)
+                              hyperband_factor=2, initial_points=2)
     # Every hyperparameter is known before the first trial.
     assert set(tuner.oracle.hyperparameters.values) >= {
-        "radius_max", "radius_min", "radius_shape", "start_fraction",
-        "grad_scale_start", "grad_scale_end"}
+        "base_method", "radius_scale", "radius_decay", "radius_shape",
+        "grad_scale_schedule", "grad_scale_first", "grad_scale_last",
+        "timing", "start_fraction", "lr_fraction", "perturb_every"}
     tuner.search()
     trials = _check_trials_reached_the_model(tuner)
     if kind == "hyperband":  # some trials continued earlier ones
@@ -74,37 +118,103 @@ def test_search_runs_and_every_trial_reaches_the_model(kind, tfds_dir,
                    for t in trials)
 
 
-@pytest.mark.slow
-def test_cost_bound_scores_expensive_trials_minus_one(tfds_dir, tmp_path):
-    hypermodel = tuning.RTSHyperModel(
-        _settings(tfds_dir), 256, max_cost_fraction=0.8,
-        space=tuning.SearchSpace(start_fraction=(0.0, 0.9)))
-    tuner = tuning.make_tuner("random", hypermodel, str(tmp_path),
-                              max_trials=4, seed=3)
-    tuner.search()
-    fractions = []
-    for trial in tuner.oracle.trials.values():
-        metric = trial.metrics.get_last_value
-        fraction = metric("cost_fraction")
-        fractions.append(fraction)
-        start = math.floor(trial.hyperparameters.values["start_fraction"]
-                           * EPOCHS)
-        assert fraction == pytest.approx((start + 2 * (EPOCHS - start))
-                                         / (2 * EPOCHS))
-        expected = -1.0 if fraction > 0.8 else metric("val_accuracy")
-        assert metric("score") == expected
-    assert min(fractions) <= 0.8 < max(fractions)  # both cases were seen
+# --- a user's own HyperModel ---------------------------------------------
+
+USER_EPOCHS, USER_STEPS = 3, 4
+
+
+def _user_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8 * USER_STEPS, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    return x, y
+
+
+class UserHyperModel(keras_tuner.HyperModel):
+    """A user's model and data, RTS's hyperparameters from `rts_config`."""
+
+    def __init__(self, space):
+        super().__init__()
+        self.space = space
+
+    def build(self, hp):
+        config = tuning.rts_config(hp, epochs=USER_EPOCHS, space=self.space)
+        network = keras.Sequential([keras.Input((6,)),
+                                    keras.layers.Dense(8, activation="relu"),
+                                    keras.layers.Dense(2)])
+        model = keras_rts.RTSModel(network, **config.model_kwargs())
+        model.compile(
+            optimizer=keras.optimizers.SGD(
+                keras.optimizers.schedules.CosineDecay(
+                    0.05, USER_EPOCHS * USER_STEPS)),
+            loss=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True),
+            metrics=["accuracy"])
+        return model
+
+    def fit(self, hp, model, *args, callbacks=(), **kwargs):
+        config = tuning.rts_config(hp, epochs=USER_EPOCHS, space=self.space)
+        history = model.fit(*args, callbacks=[*callbacks,
+                                              *config.callbacks()], **kwargs)
+        return {"val_accuracy": history.history["val_accuracy"][-1],
+                **{name: float(history.history[name][-1]) for name in
+                   ("radius", "grad_scale", "perturb", "grad_evals")}}
+
+
+@pytest.mark.parametrize("timing", ["fixed", "lr", "interval"])
+def test_rts_config_in_a_users_own_hypermodel(timing, tmp_path):
+    space = tuning.SearchSpace(timings=(timing,), start_fraction=(0.3, 0.6),
+                               lr_fraction=(0.2, 0.9), perturb_every=(2, 3))
+    tuner = keras_tuner.RandomSearch(
+        UserHyperModel(space), keras_tuner.Objective("val_accuracy", "max"),
+        max_trials=3, directory=str(tmp_path), seed=1)
+    x, y = _user_data()
+    tuner.search(x, y, epochs=USER_EPOCHS, batch_size=8,
+                 validation_data=(x, y), verbose=0)
+    trials = [t for t in tuner.oracle.trials.values()
+              if t.status == "COMPLETED"]
+    assert len(trials) == 3
+    for trial in trials:
+        hp = trial.hyperparameters.values
+        want = expected(hp, USER_EPOCHS, USER_STEPS)
+        for name in ("radius", "grad_scale", "perturb", "grad_evals"):
+            assert trial.metrics.get_last_value(name) == pytest.approx(
+                want[name], rel=1e-5, abs=1e-6), name
+
+
+def test_the_default_space_stays_within_a_quarter_more_than_sgd():
+    """Under a cosine learning rate over 60 epochs of 39 steps, the default
+    bounds of every timing perturb at most a quarter of the steps."""
+    steps, epochs = 39, 60
+    space = tuning.SearchSpace()
+    for hp in (
+        dict(timing="fixed", start_fraction=space.start_fraction[0]),
+        dict(timing="lr", lr_fraction=space.lr_fraction[1]),
+        dict(timing="interval", perturb_every=space.perturb_every[0]),
+    ):
+        hp = dict(base_method="pugd", radius_scale=1.0, radius_decay=1.0,
+                  radius_shape="constant", grad_scale_schedule="method",
+                  **{"start_fraction": 0.5, "lr_fraction": 0.5,
+                     "perturb_every": 1, **hp})
+        cost = expected(hp, epochs, steps)["grad_evals"] / (steps * epochs)
+        assert 1.2 <= cost <= 1.25, hp
 
 
 @pytest.mark.parametrize("space, match", [
-    (dict(radius_max=(5.0, 1.0)), "radius_max: the minimum"),
-    (dict(radius_min=(0.0, 0.5)), "log scale"),
-    (dict(radius_min=(0.5, 2.0)), "could draw a minimum above"),
+    (dict(radius_scale=(5.0, 1.0)), "radius_scale: the minimum"),
+    (dict(radius_decay=(0.0, 0.5)), "log scale"),
+    (dict(radius_decay=(0.1, 2.0)), "radius_decay must be ≤ 1"),
     (dict(start_fraction=(-0.1, 0.5)), "start_fraction"),
     (dict(start_fraction=(0.2, 1.0)), "start_fraction"),
+    (dict(lr_fraction=(0.1, 1.0)), "lr_fraction"),
+    (dict(perturb_every=(0, 4)), "perturb_every"),
+    (dict(perturb_every=(2.5, 4)), "integers"),
     (dict(lr=(0.0, 0.1)), "log scale"),
-    (dict(grad_scale_end=(float("nan"), 1.0)), "grad_scale_end"),
+    (dict(grad_scale_last=(float("nan"), 1.0)), "grad_scale_last"),
     (dict(radius_shapes=("spiral",)), "radius_shapes"),
+    (dict(base_methods=("sgd",)), "base_methods"),
+    (dict(timings=()), "timings"),
+    (dict(timings="fixed"), "timings"),
 ])
 def test_bad_search_bounds_fail_before_any_trial(space, match):
     with pytest.raises(ValueError, match=match):
@@ -122,17 +232,23 @@ def _tune(tfds_dir, out, *flags):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
+SMALL_FLAGS = ("--search-start-fraction", "0.3", "0.6",
+               "--search-lr-fraction", "0.55", "0.9",
+               "--search-perturb-every", "2", "3")
+
+
 @pytest.mark.slow
-def test_tune_recipe_best_command_reproduces_its_objective(tfds_dir,
-                                                           tmp_path):
+def test_tune_recipe_end_to_end_best_command_reproduces_its_objective(
+        tfds_dir, tmp_path):
     out = str(tmp_path / "search")
-    result = _tune(tfds_dir, out, "--tuner", "random", "--max-trials", "3")
+    result = _tune(tfds_dir, out, "--tuner", "bayesian", "--max-trials", "3",
+                   "--initial-points", "2", *SMALL_FLAGS)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(out, "trials.csv")) as f:
         header = f.readline().strip().split(",")
         rows = [line.strip().split(",") for line in f]
     assert len(rows) == 3
-    assert {"radius_max", "start_fraction", "score",
+    assert {"base_method", "timing", "radius_scale", "score",
             "grad_evals"} <= set(header)
     best_score = float(rows[0][header.index("score")])
     with open(os.path.join(out, "best_command.txt")) as f:
@@ -143,21 +259,34 @@ def test_tune_recipe_best_command_reproduces_its_objective(tfds_dir,
         [sys.executable, *command[1:], "--output-dir", run_dir,
          "--verbose", "0"], capture_output=True, text=True, cwd=ROOT)
     assert replay.returncode == 0, replay.stderr[-3000:]
-    import json
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     assert summary["evaluated_on"] == "validation"
     assert summary["final_test_top1"] == pytest.approx(best_score, abs=1e-6)
 
     # Re-running continues the search; other settings need --overwrite.
-    more = _tune(tfds_dir, out, "--tuner", "random", "--max-trials", "4")
+    more = _tune(tfds_dir, out, "--tuner", "bayesian", "--max-trials", "4",
+                 "--initial-points", "2", *SMALL_FLAGS)
     assert more.returncode == 0, more.stderr[-3000:]
     with open(os.path.join(out, "trials.csv")) as f:
         assert len(f.readlines()) == 1 + 4
-    changed = _tune(tfds_dir, out, "--tuner", "random", "--max-trials", "4",
-                    "--lr", "0.05")
-    assert changed.returncode != 0 and "--overwrite" in changed.stderr
-    bad = _tune(tfds_dir, str(tmp_path / "bad"), "--search-radius-min",
-                "0.5", "2.0")
-    assert bad.returncode != 0 and "could draw a minimum" in bad.stderr
-    assert not os.path.exists(tmp_path / "bad" / "tuner")
+    changed = _tune(tfds_dir, out, "--tuner", "bayesian", "--max-trials", "4",
+                    "--lr", "0.05", *SMALL_FLAGS)
+    assert changed.returncode == 2 and "--overwrite" in changed.stderr
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (("--max-trials", "0"), "--max-trials"),
+    (("--search-radius-decay", "0.5", "2.0"), "--search-radius-decay"),
+    (("--search-timings", "weekly"), "--search-timings"),
+    (("--epochs", "abc"), "--epochs"),
+    (("--method", "sam"), "--method"),  # the search chooses the method
+])
+def test_tune_bad_flags_are_one_line_before_anything_is_written(
+        flags, flag, tfds_dir, tmp_path):
+    out = tmp_path / "bad"
+    result = _tune(tfds_dir, str(out), *flags)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tune.py: error: " + flag)
+    assert not out.exists()

@@ -32,15 +32,19 @@ def pad_crop_flip(image, seed, padding=4):
 
 
 def cutout(image, seed, size):
-    """Zeroes one `size`×`size` square at a random centre (DeVries, 2017)."""
+    """Zeroes a `size`×`size` square centred on a random pixel.
+
+    As DeVries & Taylor (2017): the centre is uniform over the image, and
+    the square (rows and columns `centre − size//2 … centre − size//2 +
+    size − 1`) is clipped at the borders, so near an edge less is hidden.
+    """
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    centre = tf.random.stateless_uniform(
-        (2,), seed, minval=0, maxval=tf.maximum(height, width), dtype=tf.int32
-    )
+    u = tf.random.stateless_uniform((2,), seed)
+    centre = tf.cast(u * tf.cast(tf.stack([height, width]), tf.float32),
+                     tf.int32)
+    start = centre - size // 2
     rows = tf.range(height)[:, None]
     cols = tf.range(width)[None, :]
-    inside = (
-        (tf.abs(rows - centre[0] % height) <= size // 2)
-        & (tf.abs(cols - centre[1] % width) <= size // 2)
-    )
+    inside = ((rows >= start[0]) & (rows < start[0] + size)
+              & (cols >= start[1]) & (cols < start[1] + size))
     return image * tf.cast(~inside, image.dtype)[:, :, None]

@@ -1,5 +1,6 @@
 """CIFAR-10 and CIFAR-100 through tensorflow-datasets."""
 
+import json
 import os
 
 import tensorflow_datasets as tfds
@@ -19,24 +20,28 @@ SPLITS = ("train", "validation", "test")
 def prepared_sizes(name, data_dir):
     """`(train, test)` sizes of the CIFAR dataset prepared in `data_dir`.
 
+    Reads the dataset's `dataset_info.json` (of the version TFDS loads),
+    without building a TFDS builder: nothing is downloaded, created or
+    logged.
+
     Raises:
-        ValueError: naming the folder, when the dataset is not prepared
-            there (nothing is downloaded or created).
+        ValueError: naming the folder and what it should hold.
     """
+    version = str(tfds.builder_cls(name).VERSION)
+    info = os.path.join(data_dir, name, version, "dataset_info.json")
+    what = (f"it should be a prepared TFDS folder holding {name}/{version}/ "
+            f"(made by tfds.builder('{name}').download_and_prepare() on a "
+            "machine with network); nothing was downloaded")
     if not os.path.isdir(data_dir):
-        raise ValueError(
-            f"{data_dir} does not exist: it should be a folder holding the "
-            f"prepared TFDS dataset {name} ({name}/<version>/), e.g. made by "
-            f"tfds.builder('{name}').download_and_prepare() on a machine "
-            "with network.")
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        raise ValueError(
-            f"{data_dir} holds no prepared {name} "
-            f"({name}/{builder.version}/dataset_info.json): it should be a "
-            "prepared TFDS folder; nothing was downloaded.")
-    splits = builder.info.splits
-    return splits["train"].num_examples, splits["test"].num_examples
+        raise ValueError(f"{data_dir} does not exist: {what}.")
+    try:
+        with open(info) as f:
+            splits = {split["name"]: sum(int(n) for n in split["shardLengths"])
+                      for split in json.load(f)["splits"]}
+        return splits["train"], splits["test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{data_dir} holds no readable {info}: {what}."
+                         ) from None
 
 
 def load_cifar(name="cifar10", split="train", *, data_dir=None, batch_size=128,

@@ -1,0 +1,32 @@
+"""What every recipe script does first: import TensorFlow quietly.
+
+TensorFlow's native libraries log through absl before `absl::InitializeLog`
+is called, and those lines ignore `TF_CPP_MIN_LOG_LEVEL`
+(abseil/abseil-cpp#1718, abseil/abseil-cpp#1957,
+tensorflow/tensorflow#102212): every start printed "WARNING: All log
+messages before absl::InitializeLog() is called are written to STDERR" and
+notes on oneDNN and CUDA before the recipe's own first line — and before a
+one-line flag error. The recipes import keras_rts (and with it TensorFlow)
+with the process's native stderr (file descriptor 2) pointed at /dev/null;
+an import error is still printed, once stderr is back.
+"""
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Points file descriptor 2 at /dev/null inside, restores it after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
