@@ -408,16 +408,32 @@ class LearningRateTrigger(PerturbationWindow):
                 "the optimizer) and steps_per_epoch in fit(): with a "
                 "constant learning rate the perturbation would never "
                 "switch on.")
-        rates = [float(keras.ops.convert_to_numpy(schedule(e * steps)))
-                 for e in range(epochs)]
-        peak = max(rates)
-        for epoch, rate in enumerate(rates):
-            if rate <= self.lr_fraction * peak:
-                return epoch
-        raise ValueError(
-            f"The learning rate stays above lr_fraction={self.lr_fraction} "
-            f"of its peak ({peak:g}) at the start of every one of the "
-            f"{epochs} epochs: the perturbation would never switch on.")
+        return lr_start_epoch(schedule, epochs, steps, self.lr_fraction)
+
+
+def lr_start_epoch(schedule, epochs, steps, lr_fraction):
+    """The first epoch that begins with the learning rate ≤ `lr_fraction`
+    of its peak (the largest at the start of an epoch).
+
+    Args:
+        schedule: a learning-rate schedule of the step.
+        epochs: the run's epochs.
+        steps: steps per epoch.
+        lr_fraction: the fraction of the peak.
+
+    Raises:
+        ValueError: if no epoch begins that low (naming `lr_fraction`).
+    """
+    rates = [float(keras.ops.convert_to_numpy(schedule(e * steps)))
+             for e in range(epochs)]
+    peak = max(rates)
+    for epoch, rate in enumerate(rates):
+        if rate <= lr_fraction * peak:
+            return epoch
+    raise ValueError(
+        f"lr_fraction={lr_fraction}: the learning rate stays above this "
+        f"fraction of its peak ({peak:g}) at the start of every one of the "
+        f"{epochs} epochs: the perturbation would never switch on.")
 
 
 class GradNormVarianceTrigger(_Trigger):
@@ -487,6 +503,9 @@ class GeneralizationGapTrigger(_Trigger):
         mu: factor of the base.
         t: check every `t` epochs after the first `xi`.
         perturb_every: as for `PerturbationWindow`.
+
+    With `keras_rts.RTSModel.fit`, a call without validation data, or with
+    `validation_freq` other than 1, is refused before the first step.
     """
 
     def __init__(self, xi=5, mu=2.0, t=1, perturb_every=1):
@@ -501,6 +520,20 @@ class GeneralizationGapTrigger(_Trigger):
                 f"xi={self.xi} leaves no epoch to switch in a run of "
                 f"epochs={epochs}: xi must be below {epochs}."
             )
+
+    def check_fit(self, arguments):
+        """Refuses a `fit` without validation every epoch (before any step)."""
+        if arguments.get("validation_data") is None and not arguments.get(
+                "validation_split"):
+            raise ValueError(
+                "GeneralizationGapTrigger needs the validation loss every "
+                "epoch: pass validation_data (or validation_split) to fit().")
+        if arguments.get("validation_freq", 1) != 1:
+            raise ValueError(
+                "GeneralizationGapTrigger needs the validation loss every "
+                f"epoch, but fit(validation_freq="
+                f"{arguments['validation_freq']!r}) skips epochs: use "
+                "validation_freq=1.")
 
     @property
     def base(self):

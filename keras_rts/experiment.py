@@ -317,6 +317,14 @@ def validate(settings):
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise _error(name, f"must be finite and ≥ 0, got {value}")
     method_plan(s)  # builds the callbacks: checks shapes, orders, epochs
+    if s.recipe_method.takes("t") and s.timing == "lr":
+        # The recipes' cosine decay falls the same per epoch whatever the
+        # steps per epoch: one step an epoch stands for them all.
+        try:
+            rts_callbacks.lr_start_epoch(learning_rate(s, 1), s.epochs, 1,
+                                         s.lr_fraction)
+        except ValueError as e:
+            raise _error("lr_fraction", str(e)) from None
     if s.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
         raise _error(
             "strategy", "multiworker reads the cluster from the TF_CONFIG "
@@ -665,13 +673,18 @@ def make_strategy(name):
     return tf.distribute.get_strategy()
 
 
+def learning_rate(settings, steps):
+    """The recipes' learning rate: cosine decay from `lr` to 0 over the run."""
+    return keras.optimizers.schedules.CosineDecay(
+        settings.lr, settings.epochs * steps)
+
+
 def compile_model(model, settings, steps):
     """Compiles as every recipe does: SGD with momentum, cosine-decayed lr."""
     s = settings
     model.compile(
-        optimizer=keras.optimizers.SGD(
-            keras.optimizers.schedules.CosineDecay(s.lr, s.epochs * steps),
-            momentum=s.momentum),
+        optimizer=keras.optimizers.SGD(learning_rate(s, steps),
+                                       momentum=s.momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         # Without the flag, Keras' own "auto": compiled under JAX (its

@@ -7,6 +7,7 @@ how replicas combine is the backend's (`keras_rts.backend`).
 """
 
 import collections
+import inspect
 import math
 import numbers
 
@@ -15,6 +16,8 @@ import numpy as np
 from keras import ops
 
 from keras_rts import backend, directions
+
+_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 from keras_rts.timing_state import TimingState
 
 
@@ -450,6 +453,22 @@ class RTSModel(backend.Trainer, keras.Model):
         optimizer = keras.optimizers.get(optimizer)
         self._check_optimizer(optimizer)
         super().compile(optimizer, *args, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; our callbacks check the call before any step.
+
+        A callback with a `check_fit(arguments)` method (the generalization
+        gap trigger needs validation data every epoch) sees `fit`'s
+        arguments by name, with their defaults, and raises a `ValueError`
+        before the first step if they cannot work.
+        """
+        arguments = _FIT_SIGNATURE.bind(self, *args, **kwargs)
+        arguments.apply_defaults()
+        for callback in arguments.arguments.get("callbacks") or ():
+            check = getattr(callback, "check_fit", None)
+            if check is not None:
+                check(arguments.arguments)
+        return super().fit(*args, **kwargs)
 
     def compile_from_config(self, config):
         # Keras does not re-compile a loaded model whose `compile` is

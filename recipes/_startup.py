@@ -5,10 +5,12 @@ is called, and those lines ignore `TF_CPP_MIN_LOG_LEVEL`
 (abseil/abseil-cpp#1718, abseil/abseil-cpp#1957,
 tensorflow/tensorflow#102212): every start printed "WARNING: All log
 messages before absl::InitializeLog() is called are written to STDERR" and
-notes on oneDNN and CUDA before the recipe's own first line — and before a
-one-line flag error. The recipes import keras_rts (and with it TensorFlow)
-with the process's native stderr (file descriptor 2) pointed at /dev/null;
-an import error is still printed, once stderr is back.
+notes on oneDNN and CUDA (and "failed call to cuInit" on a machine without
+a GPU when devices are first listed) before the recipe's own first line —
+and before a one-line flag error. The recipes import TensorFlow and list
+its devices with the process's native stderr (file descriptor 2) pointed at
+/dev/null (`quiet_start`); an import error is still printed, once stderr is
+back, and `--verbose` runs print the devices Keras trains on.
 """
 
 import contextlib
@@ -30,3 +32,11 @@ def quiet_native_stderr():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def quiet_start():
+    """Imports TensorFlow and finds its devices, native stderr silenced."""
+    with quiet_native_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()

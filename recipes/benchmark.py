@@ -37,15 +37,16 @@ import platform
 import statistics
 import time
 
-from _startup import quiet_native_stderr
+import _startup
 
-with quiet_native_stderr():
-    import keras
-    import numpy as np
-    import tensorflow as tf
+_startup.quiet_start()
 
-    import keras_rts
-    from keras_rts import reporting
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_rts
+from keras_rts import reporting
 
 # name: (method, perturb[, sub_batch_size]); None is a plain keras.Model.
 STEPS = {

@@ -8,10 +8,11 @@ tensorflow-datasets has prepared the dataset. Every flag is a field of
 keras_rts.experiment.Settings; --preset fills the ones not given.
 """
 
-from _startup import quiet_native_stderr
+import _startup
 
-with quiet_native_stderr():
-    from keras_rts import experiment
+_startup.quiet_start()
+
+from keras_rts import experiment  # noqa: E402 (after the quiet start)
 
 if __name__ == "__main__":
     experiment.main(description=__doc__, datasets=("cifar10", "cifar100"))

@@ -13,12 +13,11 @@ results.json, results.md and comparison.png into --output-dir.
 import shlex
 import sys
 
-from _startup import quiet_native_stderr
+import _startup
 
-with quiet_native_stderr():
-    from keras_rts import comparison, experiment
+_startup.quiet_start()
 
-
+from keras_rts import comparison, experiment
 def main(argv=None):
     parser = experiment.argument_parser(__doc__)
     parser.add_argument("--methods", nargs="+", required=True,

@@ -21,12 +21,12 @@ import dataclasses
 import json
 import os
 
-from _startup import quiet_native_stderr
+import _startup
 
-with quiet_native_stderr():
-    from keras_rts import data, experiment, tuning
-    from keras_rts.reporting import write_table
+_startup.quiet_start()
 
+from keras_rts import data, experiment, tuning
+from keras_rts.reporting import write_table
 NOT_SEARCH_FLAGS = (
     "method", "base_method", "radius", "radius_shape", "grad_scale",
     "grad_scale_shape", "timing", "start_fraction", "start_epoch",

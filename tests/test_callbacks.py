@@ -333,6 +333,127 @@ def test_generalization_gap_trigger_on_a_real_fit_and_without_validation():
         _fit(_model(), 3, [callbacks.GeneralizationGapTrigger(xi=1)])
 
 
+# --- cheaper timing: interval and late phase ------------------------------
+
+class StepEvals(keras.callbacks.Callback):
+    """Gradient evaluations of every step, from the logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.total, self.per_step = 0, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        evals = int(logs["grad_evals"])
+        self.per_step.append(evals - self.total)
+        self.total = evals
+
+
+@pytest.mark.parametrize("every, epochs", [(1, 3), (2, 5), (3, 5), (4, 5),
+                                           (7, 3)])
+def test_interval_mode_perturbs_every_kth_step(every, epochs):
+    """grad_evals = S·n + ceil(S·n / k): one pass per step, a second on the
+    global steps t with t mod k = 0."""
+    record = StepEvals()
+    model = _model()
+    _fit(model, epochs, [callbacks.PerturbationWindow(
+        start_epoch=0, perturb_every=every), record])
+    total = STEPS * epochs
+    assert int(model.grad_evals.numpy()) == total + math.ceil(total / every)
+    assert record.per_step == [2 if t % every == 0 else 1
+                               for t in range(total)]
+
+
+def test_interval_within_a_window_counts_from_the_global_step():
+    record = StepEvals()
+    _fit(_model(), 5, callbacks.rts(5, start_epoch=2, perturb_every=3)
+         + [record])
+    assert record.per_step == [
+        2 if t >= 2 * STEPS and t % 3 == 0 else 1 for t in range(5 * STEPS)]
+
+
+def test_interval_mode_traces_each_phase_once():
+    count = []
+
+    class Counting(keras_rts.RTSModel):
+        def train_step(self, *args):
+            count.append(1)
+            return super().train_step(*args)
+
+    _fit(_model(model_class=Counting), 3, callbacks.rts(3, start_epoch=1))
+    two_phases = len(count)
+    count.clear()
+    # Switched at nearly every step: still each phase's function once.
+    _fit(_model(model_class=Counting), 3,
+         callbacks.rts(3, start_epoch=0, perturb_every=2))
+    assert len(count) == two_phases
+
+
+def _cosine_model(epochs, warmup=0):
+    model = keras_rts.RTSModel(_net(), method="pugd")
+    model.compile(
+        optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else 0.05, epochs * STEPS,
+            warmup_target=0.05 if warmup else None,
+            warmup_steps=warmup * STEPS)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.parametrize("fraction, warmup", [(0.5, 0), (0.1, 0), (0.3, 2),
+                                              (0.9, 0)])
+def test_learning_rate_trigger_starts_when_the_rate_has_fallen(fraction,
+                                                               warmup):
+    epochs = 8
+    # NumPy: the learning rate at the start of each epoch, linear warm-up
+    # to 0.05 over `warmup` epochs, then a cosine to 0 over `epochs`.
+    t = np.arange(epochs) * STEPS
+    decay = np.clip((t - warmup * STEPS) / (epochs * STEPS), 0, 1)
+    rates = np.where(t < warmup * STEPS, 0.05 * t / max(warmup * STEPS, 1),
+                     0.05 * 0.5 * (1 + np.cos(np.pi * decay)))
+    start = int(np.argmax(rates <= fraction * rates.max()))
+    trigger = callbacks.LearningRateTrigger(fraction)
+    history = _fit(_cosine_model(epochs, warmup), epochs, [trigger])
+    assert history.history["perturb"] == [float(e >= start)
+                                          for e in range(epochs)]
+    assert trigger.perturb_start_epoch == start
+
+
+def test_learning_rate_trigger_refuses_what_never_switches():
+    before = _weights(model := _model())  # a constant learning rate
+    with pytest.raises(ValueError, match="learning-rate schedule"):
+        _fit(model, 3, [callbacks.LearningRateTrigger(0.5)])
+    with pytest.raises(ValueError, match="lr_fraction=0.001"):
+        _fit(_cosine_model(4), 4, [callbacks.LearningRateTrigger(0.001)])
+    for got, want in zip(_weights(model), before):
+        np.testing.assert_array_equal(got, want)  # before any step
+
+
+def test_rts_epochs_against_the_epochs_of_fit():
+    with pytest.raises(ValueError, match="beyond the run's epochs=4"):
+        _fit(_model(), 6, callbacks.rts(4))
+    with pytest.warns(UserWarning, match=r"fit\(epochs=2\) ends before"):
+        history = _fit(_model(), 2, callbacks.rts(4))
+    assert history.history["perturb"] == [0, 0]  # as documented: warned
+
+
+@pytest.mark.parametrize("fit_kwargs, match", [
+    ({}, "validation_data"),
+    ({"validation_data": _data(seed=1), "validation_freq": 2},
+     "validation_freq"),
+])
+def test_gap_trigger_without_validation_every_epoch_is_refused(fit_kwargs,
+                                                               match):
+    model = _model()
+    model.build((None, 5))
+    before = _weights(model)
+    with pytest.raises(ValueError, match=match):
+        _fit(model, 3, [callbacks.GeneralizationGapTrigger(xi=1)],
+             **fit_kwargs)
+    assert int(model.grad_evals.numpy()) == 0  # before the first step
+    for got, want in zip(_weights(model), before):
+        np.testing.assert_array_equal(got, want)
+
+
 # --- resume ---------------------------------------------------------------
 
 class Interrupt(keras.callbacks.Callback):
@@ -360,6 +481,9 @@ def _rts_callbacks(kind, epochs):
     if kind == "fixed":
         return callbacks.rts(epochs, radius=(2.0, 0.2), start_epoch=2,
                              grad_scale=(1.0, 0.5))
+    if kind == "interval":
+        return callbacks.rts(epochs, radius=(2.0, 0.2), start_epoch=1,
+                             grad_scale=(1.0, 0.5), perturb_every=3)
     return callbacks.rts(epochs, radius=(2.0, 0.2), grad_scale=(1.0, 0.5),
                          timing=callbacks.GradNormVarianceTrigger(
                              t0=0, gamma=1e6, k=2))
@@ -370,6 +494,7 @@ def _rts_callbacks(kind, epochs):
     ("fixed", 3),     # stopped after it
     ("variance", 0),  # threshold taken, not fired
     ("variance", 2),  # fired (at the end of epoch 1)
+    ("interval", 2),  # mid-way through the interval pattern
 ])
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, kind, stop):
     epochs = 6

@@ -253,3 +253,126 @@ def test_broken_trees_name_what_is_missing(tiny_dir, tmp_path, breakage,
     with pytest.raises(ValueError, match=match) as error:
         tiny_imagenet.list_files(root, split)
     assert root in str(error.value) or breakage == "unknown_wnid"
+
+
+def test_a_truncated_jpeg_is_named_before_training(tiny_dir, tmp_path):
+    root = str(tmp_path / "tiny")
+    kept = _copy_tree(tiny_dir, root)
+    folder = os.path.join(root, "train", kept[0], "images")
+    broken = os.path.join(folder, sorted(os.listdir(folder))[1])
+    with open(broken, "rb") as f:
+        content = f.read()
+    with open(broken, "wb") as f:
+        f.write(content[: len(content) // 2])
+    with pytest.raises(ValueError, match="not a whole JPEG") as error:
+        data.load("tiny_imagenet", "train", data_dir=root, batch_size=2)
+    assert broken in str(error.value)
+    with open(broken, "wb") as f:
+        f.write(b"GIF89a" + content[6:])
+    with pytest.raises(ValueError, match=broken):
+        data.load("tiny_imagenet", "train", data_dir=root, batch_size=2)
+
+
+# --- label noise ----------------------------------------------------------
+
+@pytest.mark.parametrize("fraction, n, classes", [
+    (0.2, 1000, 10), (0.4, 1000, 10), (0.25, 7, 3), (0.0, 50, 10)])
+def test_symmetric_label_noise_flips_exactly_the_fraction(fraction, n,
+                                                          classes):
+    from keras_rts.data.pipeline import symmetric_label_noise
+    labels = np.arange(n, dtype=np.int32) % classes
+    noisy = symmetric_label_noise(tf.constant(labels), fraction, classes,
+                                  seed=3).numpy()
+    changed = noisy != labels
+    assert changed.sum() == int(fraction * n + 0.5)  # round half up
+    assert noisy.min() >= 0 and noisy.max() < classes
+    again = symmetric_label_noise(tf.constant(labels), fraction, classes,
+                                  seed=3).numpy()
+    np.testing.assert_array_equal(noisy, again)  # fixed by the seed
+    if fraction:
+        other = symmetric_label_noise(tf.constant(labels), fraction,
+                                      classes, seed=4).numpy()
+        assert (other != noisy).any()
+
+
+def test_symmetric_label_noise_draws_the_other_classes_uniformly():
+    from keras_rts.data.pipeline import symmetric_label_noise
+    n, classes = 200_000, 5
+    labels = np.zeros(n, np.int32)
+    noisy = symmetric_label_noise(tf.constant(labels), 0.5, classes,
+                                  seed=0).numpy()
+    counts = np.bincount(noisy, minlength=classes)
+    assert counts[0] == n // 2
+    # Each other class gets a quarter of the flipped half: within 4 std.
+    expected = n / 2 / (classes - 1)
+    std = np.sqrt(n / 2 * (1 / 4) * (3 / 4))
+    assert np.all(np.abs(counts[1:] - expected) < 4 * std)
+
+
+def test_recipe_data_with_label_noise(tfds_dir):
+    """The training labels of the run's data differ from the clean ones in
+    exactly round(p·n) images, the same in every epoch; test labels are
+    untouched."""
+    from keras_rts import experiment
+    s = experiment.Settings(dataset="cifar10", epochs=2, batch_size=100,
+                            train_examples=1000, data_dir=tfds_dir,
+                            test_examples=500)
+    noisy_s = experiment.dataclasses.replace(s, label_noise=0.3)
+
+    def labels(settings):
+        train, test = experiment.datasets(settings)
+        # Same seed: the same order and augmentation, so images line up.
+        (x, y), (tx, ty) = _arrays(train), _arrays(test)
+        return x, y, tx, ty
+
+    x, y, tx, ty = labels(s)
+    nx, ny, ntx, nty = labels(noisy_s)
+    np.testing.assert_array_equal(x, nx)
+    np.testing.assert_array_equal(tx, ntx)
+    np.testing.assert_array_equal(ty, nty)
+    flipped = y != ny
+    assert flipped[:1000].sum() == flipped[1000:].sum() == 300
+    # The same images are noisy in both epochs: the clean and noisy label
+    # pairs of an epoch, as multisets, are the same.
+    pairs = [sorted(zip(y[e * 1000:(e + 1) * 1000][flipped[e * 1000:(e + 1)
+                                                           * 1000]],
+                        ny[e * 1000:(e + 1) * 1000][flipped[e * 1000:(e + 1)
+                                                             * 1000]]))
+             for e in (0, 1)]
+    assert pairs[0] == pairs[1]
+    with pytest.raises(ValueError, match="training split only"):
+        data.load("cifar10", "test", data_dir=tfds_dir, label_noise=0.2)
+
+
+# --- cutout ---------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [8, 16, 5])
+def test_cutout_hides_a_size_by_size_square_clipped_at_the_borders(size):
+    image = tf.ones((32, 32, 3))
+    full = 0
+    for seed in range(200):
+        hidden = (augment.cutout(image, tf.constant([seed, 1], tf.int64),
+                                 size).numpy() == 0).all(-1)
+        rows, cols = np.nonzero(hidden)
+        assert len(rows) > 0
+        height = rows.max() - rows.min() + 1
+        width = cols.max() - cols.min() + 1
+        assert hidden.sum() == height * width  # one rectangle
+        assert height <= size and width <= size
+        full += hidden.sum() == size * size
+    # Most centres lie far enough from the borders for the whole square.
+    assert full > 200 * ((32 - size) / 32) ** 2 * 0.7
+
+
+def test_data_dir_without_the_dataset_creates_nothing(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(ValueError, match="does not exist"):
+        data.check("cifar10", str(missing))
+    with pytest.raises(ValueError, match=str(missing)):
+        data.load("cifar10", "train", data_dir=str(missing))
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="cifar10/3.0.2/dataset_info.json"):
+        data.load("cifar10", "test", data_dir=str(empty))
+    assert list(empty.iterdir()) == []

@@ -105,6 +105,29 @@ def list_files(root, split):
     return paths, np.asarray(labels, np.int32)
 
 
+def check_jpeg(path):
+    """Raises a `ValueError` naming `path` unless it reads as a whole JPEG.
+
+    A JPEG starts with the SOI marker (FF D8) and ends with EOI (FF D9);
+    a truncated file has no EOI in its last bytes (FF is never followed by
+    D9 inside the compressed data). Reads four bytes and at most the last
+    512, not the image.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 512))
+            tail = f.read()
+    except OSError as e:
+        raise ValueError(f"Tiny ImageNet: cannot read {path}: "
+                         f"{e.strerror}.") from None
+    if head != b"\xff\xd8" or b"\xff\xd9" not in tail:
+        raise ValueError(
+            f"Tiny ImageNet: {path} is not a whole JPEG (truncated, or "
+            "another format): replace or remove it.")
+
+
 def _decode(path, label, image_size=IMAGE_SIZE):
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
     image = tf.image.resize_with_crop_or_pad(image, IMAGE_SIZE, IMAGE_SIZE)
@@ -205,6 +228,8 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
                 f"{test_examples!r}."
             )
         paths, labels = paths[:test_examples], labels[:test_examples]
+    for path in paths:  # a broken file named now, not mid-epoch
+        check_jpeg(path)
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         lambda path, label: _decode(path, label, image_size),
         num_parallel_calls=tf.data.AUTOTUNE)
