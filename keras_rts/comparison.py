@@ -49,22 +49,7 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None):
         ValueError: bad settings, or run folders made with other settings
             (they would be reused as if they were the runs asked for).
     """
-    runs = {(m, s): dataclasses.replace(settings, method=m, seed=s)
-            for s in seeds for m in methods}  # seed-major: balanced
-    stale = []
-    for (method, seed), wanted in runs.items():  # all checks before any work
-        experiment.validate(wanted)
-        folder = run_dir(output_dir, method, seed)
-        if os.path.exists(os.path.join(folder, "settings.json")):
-            changed = experiment.settings_differences(
-                experiment.load_settings(folder), wanted)
-            if changed:
-                stale.append(f"{folder} ({', '.join(changed)})")
-    if stale:
-        raise ValueError(
-            "These runs were made with other settings than the ones asked "
-            "for, and would be reused: " + "; ".join(stale) + ". Choose "
-            "another --output-dir; nothing was changed.")
+    runs = check(settings, methods, seeds, output_dir)
     for (method, seed), wanted in runs.items():
         folder = run_dir(output_dir, method, seed)
         if os.path.exists(os.path.join(folder, "summary.json")):
@@ -74,6 +59,43 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None):
             resume=os.path.exists(os.path.join(folder, "settings.json")),
             verbose=verbose)
     return write_results(output_dir, methods, seeds, command)
+
+
+def check(settings, methods, seeds, output_dir):
+    """Checks a comparison before any work; returns its runs' settings.
+
+    Returns:
+        `{(method, seed): Settings}`, seed-major (runs of one seed
+        together, so a stopped comparison is balanced across methods).
+
+    Raises:
+        ValueError: naming the flag — bad settings for a method, repeated
+            methods or seeds, data that is not there, or run folders made
+            with other settings (they would be reused as if they were the
+            runs asked for).
+    """
+    for flag, values in (("methods", methods), ("seeds", seeds)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"--{flag}: {list(values)} repeats a value: a "
+                             "run would count twice.")
+    runs = {(m, s): dataclasses.replace(settings, method=m, seed=s)
+            for s in seeds for m in methods}
+    stale = []
+    for (method, seed), wanted in runs.items():
+        experiment.validate(wanted)
+        folder = run_dir(output_dir, method, seed)
+        if os.path.exists(os.path.join(folder, "settings.json")):
+            changed = experiment.settings_differences(
+                experiment.load_settings(folder), wanted)
+            if changed:
+                stale.append(f"{folder} ({', '.join(changed)})")
+    experiment.check_data(settings)
+    if stale:
+        raise ValueError(
+            "--output-dir: these runs were made with other settings than "
+            "the ones asked for, and would be reused: " + "; ".join(stale)
+            + ". Choose another folder; nothing was changed.")
+    return runs
 
 
 def load_runs(output_dir, methods, seeds):

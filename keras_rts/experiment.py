@@ -119,7 +119,7 @@ class Settings:
     dataset: str = _field("cifar10", "dataset", choices=data_lib.DATASETS)
     method: str = _field("pugd", "training method", choices=tuple(METHODS))
     base_method: Optional[str] = _field(
-        None, "the step that r, t, s and rts control (default pugd)",
+        None, "the step that r, t, s and rts control (default: pugd)",
         choices=BASE_METHODS)
     model: str = _field("resnet18", "network", choices=models_lib.MODELS)
     epochs: int = _field(200, "epochs of the run")
@@ -165,12 +165,13 @@ class Settings:
         "generalization gap", choices=TIMINGS)
     lr_fraction: float = _field(
         0.5, "lr timing: perturb once the learning rate is at or below this "
-        "fraction of its peak (0.5: the second half under cosine decay)")
+        "fraction of its peak (under cosine decay, 0.5 is the second half)")
     perturb_every: int = _field(
         1, "take the method's step on every k-th step of the perturbing "
         "phase only, plain steps between (interval mode)")
     start_fraction: Optional[float] = _field(
-        None, "fixed timing: start as a fraction of the epochs (default 0.5)")
+        None, "fixed timing: start as a fraction of the epochs (default: "
+        "0.5 without --start-epoch)")
     start_epoch: Optional[int] = _field(None, "fixed timing: start epoch")
     end_epoch: Optional[int] = _field(None, "fixed timing: end epoch")
     variance_t0: int = _field(5, "variance timing: epoch of the threshold")
@@ -365,11 +366,37 @@ def _trigger(s):
         s.start_epoch, start_fraction, s.end_epoch, epochs=s.epochs, **every)
 
 
+TRIGGER_FLAGS = {
+    "start_epoch": "start_epoch", "start_fraction": "start_fraction",
+    "end_epoch": "end_epoch", "lr_fraction": "lr_fraction",
+    "perturb_every": "perturb_every", "t0": "variance_t0",
+    "gamma": "variance_gamma", "k": "variance_k", "xi": "gap_xi",
+    "mu": "gap_mu", "t": "gap_t"}
+"""The flag of each argument of the timing callbacks."""
+
+
+@contextlib.contextmanager
+def _naming(flag, arguments=None):
+    """Re-raises a callback's `ValueError` naming the flag it came from."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        if message.startswith("--"):
+            raise
+        first = re.match(r"\w+", message)
+        name = (arguments or {}).get(first.group(0) if first else "", flag)
+        raise _error(name, message) from None
+
+
 def method_plan(s):
     """The `RTSModel` arguments and the callbacks of the settings' method.
 
     Returns:
         `(model_kwargs, callbacks)`.
+
+    Raises:
+        ValueError: naming the flag whose value a callback refuses.
     """
     radius, grad_scale = s.method_radius(), s.method_grad_scale()
     method = s.recipe_method
@@ -378,17 +405,21 @@ def method_plan(s):
                   sub_batch_size=s.sub_batch_size)
     callbacks = []
     if method.takes("r"):
-        callbacks.append(rts_callbacks.RadiusScheduler(
-            schedules.get(s.radius_shape, *radius, duration=s.epochs)))
+        with _naming("radius"):
+            callbacks.append(rts_callbacks.RadiusScheduler(
+                schedules.get(s.radius_shape, *radius, duration=s.epochs)))
     if method.takes("s"):
-        callbacks.append(rts_callbacks.GradScaleScheduler(
-            schedules.get(s.grad_scale_shape, *grad_scale,
-                          duration=s.epochs)))
-    if method.takes("t"):
-        callbacks.append(_trigger(s))
-    elif s.perturb_every != 1:  # interval mode over the whole run
-        callbacks.append(rts_callbacks.PerturbationWindow(
-            start_epoch=0, epochs=s.epochs, perturb_every=s.perturb_every))
+        with _naming("grad_scale"):
+            callbacks.append(rts_callbacks.GradScaleScheduler(
+                schedules.get(s.grad_scale_shape, *grad_scale,
+                              duration=s.epochs)))
+    with _naming("timing", TRIGGER_FLAGS):
+        if method.takes("t"):
+            callbacks.append(_trigger(s))
+        elif s.perturb_every != 1:  # interval mode over the whole run
+            callbacks.append(rts_callbacks.PerturbationWindow(
+                start_epoch=0, epochs=s.epochs,
+                perturb_every=s.perturb_every))
     return kwargs, callbacks
 
 
@@ -808,7 +839,7 @@ def argument_parser(description, datasets=data_lib.DATASETS, exclude=(),
         run_flags: offer `--output-dir`, `--resume` and `--tensorboard`.
     """
     parser = RecipeParser(
-        description=description,
+        description=description, allow_abbrev=False,  # --method ≠ --methods
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                         help="scale of the run; explicit flags override it "
@@ -856,8 +887,10 @@ def _default_text(field):
     """The default a flag's help shows, or `None` if the help says it."""
     if "default" in field.metadata["help"]:
         return None
-    presets = {name: p[field.name] for name, p in PRESETS.items()
-               if field.name in p}
+    presets = {name: "all" if p[field.name] is None else p[field.name]
+               for name, p in PRESETS.items() if field.name in p}
+    if len(set(presets.values())) == 1:
+        return str(next(iter(presets.values())))
     if presets:
         return ", ".join(f"{v} with --preset {k}" for k, v in presets.items())
     if field.default is None:

@@ -1,8 +1,11 @@
 """Compare methods over seeds with one recipe configuration.
 
-    python recipes/compare.py --methods sgd sam pugd r t s rts --seeds 0 1 2 \\
-        --output-dir docs/results/cifar10_small_resnet_5k_60 \\
-        --preset cpu --epochs 60 --data-dir ../shared/datasets/tensorflow_datasets
+Example:
+
+    python recipes/compare.py --methods sgd sam pugd r t s rts \\
+        --seeds 0 1 2 --output-dir docs/results/cifar10_small_resnet_5k_60 \\
+        --preset cpu --epochs 60 \\
+        --data-dir ../shared/datasets/tensorflow_datasets
 
 Every other flag is a recipe flag (`recipes/cifar.py --help`), shared by all
 runs. Finished runs are reused and unfinished ones resumed, so stopping and
@@ -17,21 +20,28 @@ import _startup
 
 _startup.quiet_start()
 
-from keras_rts import comparison, experiment
+from keras_rts import comparison, experiment  # noqa: E402
+
+
 def main(argv=None):
-    parser = experiment.argument_parser(__doc__)
+    parser = experiment.argument_parser(__doc__, exclude=("method", "seed"),
+                                        run_flags=False)
+    parser.add_argument("--output-dir", required=True,
+                        help="the comparison's folder (runs in runs/)")
     parser.add_argument("--methods", nargs="+", required=True,
-                        choices=experiment.METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+                        choices=tuple(experiment.METHODS),
+                        metavar="METHOD", help="methods to compare: "
+                        + ", ".join(experiment.METHODS))
+    parser.add_argument("--seeds", nargs="+", default=[0, 1, 2],
+                        type=experiment.FLAG_TYPES["seed"], metavar="SEED",
+                        help="seeds of every method (default: 0 1 2)")
     args = parser.parse_args(argv)
-    if not args.output_dir:
-        parser.error("--output-dir is required")
-    if args.resume:
-        parser.error("--resume is implied: unfinished runs are resumed")
-    verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
+    settings = experiment.settings_from_args(args)
+    with experiment.flag_errors(parser):
+        comparison.check(settings, args.methods, args.seeds, args.output_dir)
     results = comparison.compare(
-        experiment.settings_from_args(args), args.methods, args.seeds,
-        args.output_dir, verbose=verbose,
+        settings, args.methods, args.seeds, args.output_dir,
+        verbose=args.verbose,
         command="python recipes/compare.py " + shlex.join(
             sys.argv[1:] if argv is None else argv))
     print(comparison.table(results["aggregates"]))

@@ -106,6 +106,8 @@ def main(argv=None):
         field = str(e).split()[0].rstrip(":")
         parser.error(f"--search-{field.replace('_', '-')}: {e}")
     with experiment.flag_errors(parser):
+        experiment.check_data(dataclasses.replace(
+            settings, validation_examples=validation))
         hypermodel = tuning.RTSHyperModel(
             settings, validation, space,
             max_cost_fraction=args.max_cost_fraction,

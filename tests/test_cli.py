@@ -1,0 +1,199 @@
+"""Every bad flag of a recipe: one line naming the flag, exit status 2,
+nothing written — and the corrected command then runs in the same folder."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_rts import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = os.path.join(ROOT, "recipes")
+
+
+def _script(name):
+    if RECIPES not in sys.path:
+        sys.path.insert(0, RECIPES)
+    return importlib.import_module(name)
+
+
+def _cifar(argv):
+    return experiment.main(argv, datasets=("cifar10", "cifar100"))
+
+
+def _tiny(argv):
+    return experiment.main(argv, datasets=("tiny_imagenet",))
+
+
+def _refused(main, argv, flag, capsys, prog):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"{prog}: error: {flag}: "), err[0]
+    return err[0]
+
+
+# (flags, the flag named). {data} is the real TFDS folder.
+BAD_CIFAR = [
+    (["--verbose", "abc"], "--verbose"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", "1.5"], "--seed"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "many"], "--batch-size"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "0"], "--lr"),
+    (["--momentum", "1.5"], "--momentum"),
+    (["--weight-decay", "-1e-4"], "--weight-decay"),
+    (["--cutout", "100"], "--cutout"),
+    (["--cutout", "-2"], "--cutout"),
+    (["--label-noise", "1"], "--label-noise"),
+    (["--method", "sgd", "--base-method", "sam"], "--base-method"),
+    (["--method", "rts", "--base-method", "sgd"], "--base-method"),
+    (["--method", "sgd", "--perturb-every", "4"], "--perturb-every"),
+    (["--method", "sam", "--perturb-every", "0"], "--perturb-every"),
+    (["--method", "rts", "--radius", "1"], "--radius"),
+    (["--method", "pugd", "--radius", "-1"], "--radius"),
+    (["--method", "t", "--timing", "lr", "--lr-fraction", "0.001",
+      "--epochs", "10"], "--lr-fraction"),
+    (["--method", "t", "--start-epoch", "12", "--epochs", "10"],
+     "--start-epoch"),
+    (["--method", "t", "--timing", "variance", "--variance-k", "1"],
+     "--variance-k"),
+    (["--sub-batch-size", "0"], "--sub-batch-size"),
+    (["--image-size", "32"], "--image-size"),
+    (["--dataset", "tiny_imagenet"], "--dataset"),
+    (["--data-dir", "{missing}"], "--data-dir"),
+    (["--data-dir", "{empty}"], "--data-dir"),
+    (["--data-dir", "{data}", "--train-examples", "60000"],
+     "--train-examples"),
+    (["--data-dir", "{data}", "--validation-examples", "50000"],
+     "--validation-examples"),
+    (["--data-dir", "{data}", "--test-examples", "20000"],
+     "--test-examples"),
+    (["--data-dir", "{data}", "--batch-size", "6000"], "--train-examples"),
+    (["--no-such-flag", "3"], "--no-such-flag"),
+]
+
+
+@pytest.mark.parametrize("flags, flag", BAD_CIFAR,
+                         ids=[" ".join(f) for f, _ in BAD_CIFAR])
+def test_cifar_recipe_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
+                                                    tmp_path, capsys):
+    paths = {"data": tfds_dir, "missing": str(tmp_path / "missing"),
+             "empty": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    argv = ["--preset", "cpu", "--output-dir", str(out)] + [
+        f.format(**paths) for f in flags]
+    _refused(_cifar, argv, flag, capsys, os.path.basename(sys.argv[0]))
+    assert not out.exists()
+    assert not (tmp_path / "missing").exists()
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--data-dir", "{missing}"], "--data-dir"),
+    (["--image-size", "65"], "--image-size"),
+    (["--data-dir", "{tiny}", "--train-examples", "5000"],
+     "--train-examples"),
+    (["--data-dir", "{tiny}", "--image-size", "32", "--cutout", "40"],
+     "--cutout"),
+])
+def test_tiny_imagenet_recipe_refuses_bad_flags_in_one_line(
+        flags, flag, tiny_dir, tmp_path, capsys):
+    paths = {"tiny": tiny_dir, "missing": str(tmp_path / "missing")}
+    out = tmp_path / "run"
+    argv = ["--preset", "cpu", "--output-dir", str(out)] + [
+        f.format(**paths) for f in flags]
+    _refused(_tiny, argv, flag, capsys, os.path.basename(sys.argv[0]))
+    assert not out.exists() and not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--methods", "sgd", "sgd"], "--methods"),
+    (["--methods", "sgd", "--seeds", "0", "0"], "--seeds"),
+    (["--methods", "sgd", "--seeds", "-1"], "--seeds"),
+    (["--methods", "rts", "--radius", "1"], "--radius"),
+    (["--methods", "sgd", "--method", "sam"], "--method"),
+    (["--methods", "sgd", "--resume"], "--resume"),
+])
+def test_compare_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
+                                               tmp_path, capsys):
+    compare = _script("compare")
+    out = tmp_path / "comparison"
+    argv = ["--preset", "cpu", "--data-dir", tfds_dir, "--output-dir",
+            str(out)] + flags
+    _refused(compare.main, argv, flag, capsys, os.path.basename(sys.argv[0]))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--max-trials", "0"], "--max-trials"),
+    (["--search-radius-decay", "0.5", "2.0"], "--search-radius-decay"),
+    (["--search-timings", "weekly"], "--search-timings"),
+    (["--search-perturb-every", "2.5", "3"], "--search-perturb-every"),
+    (["--epochs", "abc"], "--epochs"),
+    (["--method", "sam"], "--method"),
+    (["--train-examples", "60000"], "--train-examples"),
+])
+def test_tune_refuses_bad_flags_in_one_line(flags, flag, tfds_dir, tmp_path,
+                                            capsys):
+    tune = _script("tune")
+    out = tmp_path / "search"
+    argv = ["--preset", "cpu", "--data-dir", tfds_dir, "--output-dir",
+            str(out)] + flags
+    _refused(tune.main, argv, flag, capsys, os.path.basename(sys.argv[0]))
+    assert not out.exists()
+
+
+def test_the_script_prints_only_its_error_line(tmp_path):
+    """Run as a user would: no TensorFlow start-up lines, no traceback."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(RECIPES, "cifar.py"), "--preset",
+         "cpu", "--momentum", "1.5", "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "cifar.py: error: --momentum: must be in [0, 1), got 1.5"]
+    assert result.stdout == ""
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(
+        tiny_dir, tmp_path, capsys):
+    """A broken image is found while the data is built, after the flags are
+    checked: the run's folder is not made, and the same command runs once
+    the data is repaired."""
+    import shutil
+    root = tmp_path / "tiny"
+    shutil.copytree(tiny_dir, root)
+    first = (root / "val" / "val_annotations.txt").read_text().split()[0]
+    image = root / "val" / "images" / first  # a test image the run reads
+    content = image.read_bytes()
+    image.write_bytes(content[:100])
+    out = tmp_path / "run"
+    argv = ["--preset", "cpu", "--epochs", "1", "--train-examples", "128",
+            "--batch-size", "64", "--image-size", "32", "--test-examples",
+            "100", "--method", "sgd", "--data-dir", str(root),
+            "--output-dir", str(out), "--verbose", "0"]
+    with pytest.raises(ValueError, match=str(image)):
+        _tiny(argv)
+    assert not out.exists()
+    image.write_bytes(content)
+    summary = _tiny(argv)
+    assert summary["epochs"] == 1
+    assert sorted(os.listdir(out)) == ["curves.png", "history.csv",
+                                       "settings.json", "summary.json"]
+
+
+def test_help_shows_each_default_once(capsys):
+    parser = experiment.argument_parser("the recipe")
+    help_text = parser.format_help()
+    assert "(default: 0.9)" in help_text  # momentum
+    assert "default: None" not in help_text
+    for line in help_text.split("\n  --"):
+        assert line.count("default") <= 1, line
