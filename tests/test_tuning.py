@@ -164,7 +164,7 @@ class UserHyperModel(keras_tuner.HyperModel):
 @pytest.mark.parametrize("timing", ["fixed", "lr", "interval"])
 def test_rts_config_in_a_users_own_hypermodel(timing, tmp_path):
     space = tuning.SearchSpace(timings=(timing,), start_fraction=(0.3, 0.6),
-                               lr_fraction=(0.2, 0.9), perturb_every=(2, 3))
+                               lr_fraction=(0.3, 0.9), perturb_every=(2, 3))
     tuner = keras_tuner.RandomSearch(
         UserHyperModel(space), keras_tuner.Objective("val_accuracy", "max"),
         max_trials=3, directory=str(tmp_path), seed=1)
