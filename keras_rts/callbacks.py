@@ -6,6 +6,8 @@
   `GeneralizationGapTrigger` switch `RTSModel.perturb` on: plain one-pass
   `sgd` steps before, the method's step after (T).
 - `rts(...)` returns the list for the combined method.
+- `ProgbarLogger` is Keras' progress bar with the counters (`grad_evals`,
+  `perturb`, …) shown once per epoch; `RTSModel.fit` uses it.
 
 The callbacks only assign variables of the model between steps, so each
 phase's train function (perturbing or not) is traced once, whatever they
@@ -25,6 +27,7 @@ import numpy as np
 from keras_rts import schedules
 from keras_rts.backend import assign_between_steps
 from keras_rts.model import RTSModel
+from keras_rts.progbar import ProgbarLogger  # noqa: F401 (exported)
 from keras_rts.timing_state import GRAD_NORM_CAPACITY
 
 

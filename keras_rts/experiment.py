@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import re
+import sys
 import time
 from typing import Optional, Tuple
 
@@ -521,7 +522,8 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         output_dir: the run's folder.
         resume: continue an unfinished run in `output_dir` from its last
             finished epoch.
-        verbose: Keras' `fit` verbosity (progress bars by default).
+        verbose: Keras' `fit` verbosity; `"auto"`: a progress bar on a
+            terminal, one line per epoch when the output is a file or pipe.
         callbacks: more Keras callbacks for `fit`, run after the run's own.
         tensorboard: also log to TensorBoard, in `output_dir/tensorboard`.
 
@@ -534,6 +536,8 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
             those of the run being resumed.
     """
     check_run(settings, output_dir, resume)
+    if verbose == "auto":  # a bar on a terminal, one line per epoch in a log
+        verbose = 1 if sys.stdout.isatty() else 2
     # Before any other TensorFlow work: a multi-worker strategy must be
     # created first. Workers other than the chief write into their own
     # folder, so that nothing is written twice.

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_rts import backend, directions
+from keras_rts import backend, directions, progbar
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 from keras_rts.timing_state import TimingState
@@ -460,15 +460,23 @@ class RTSModel(backend.Trainer, keras.Model):
         A callback with a `check_fit(arguments)` method (the generalization
         gap trigger needs validation data every epoch) sees `fit`'s
         arguments by name, with their defaults, and raises a `ValueError`
-        before the first step if they cannot work.
+        before the first step if they cannot work. The progress bar is
+        `keras_rts.progbar.ProgbarLogger` (counters once per epoch) unless
+        a `ProgbarLogger` is given.
         """
         arguments = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments.apply_defaults()
-        for callback in arguments.arguments.get("callbacks") or ():
+        callbacks = list(arguments.arguments.get("callbacks") or ())
+        for callback in callbacks:
             check = getattr(callback, "check_fit", None)
             if check is not None:
                 check(arguments.arguments)
-        return super().fit(*args, **kwargs)
+        if arguments.arguments["verbose"] != 0 and not any(
+                isinstance(c, keras.callbacks.ProgbarLogger)
+                for c in callbacks):
+            arguments.arguments["callbacks"] = callbacks + [
+                progbar.ProgbarLogger()]
+        return super().fit(*arguments.args[1:], **arguments.kwargs)
 
     def compile_from_config(self, config):
         # Keras does not re-compile a loaded model whose `compile` is

@@ -376,3 +376,19 @@ def test_data_dir_without_the_dataset_creates_nothing(tmp_path):
     with pytest.raises(ValueError, match="cifar10/3.0.2/dataset_info.json"):
         data.load("cifar10", "test", data_dir=str(empty))
     assert list(empty.iterdir()) == []
+
+
+def test_datasets_have_their_length(tfds_dir, tiny_dir):
+    """Keras' progress bar shows N/N: every split says how many batches."""
+    for dataset, batches in [
+        (data.load("cifar10", "train", data_dir=tfds_dir, batch_size=128,
+                   train_examples=1000), 1000 // 128),
+        (data.load("cifar10", "train", data_dir=tfds_dir, batch_size=100,
+                   train_examples=1000, epochs=5, initial_epoch=2), 3 * 10),
+        (data.load("cifar10", "test", data_dir=tfds_dir, batch_size=128,
+                   test_examples=1000), 8),
+        (data.load("tiny_imagenet", "test", data_dir=tiny_dir,
+                   batch_size=300, test_examples=1000), 4),
+    ]:
+        assert int(dataset.cardinality()) == batches
+        assert sum(1 for _ in dataset) == batches

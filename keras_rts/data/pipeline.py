@@ -94,7 +94,11 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
         if cache:
             dataset = dataset.cache()
         dataset = dataset.map(normalize, num_parallel_calls=autotune)
-        return dataset.batch(batch_size).prefetch(autotune)
+        dataset = dataset.batch(batch_size)
+        if size:  # a known length: Keras' progress bar shows N/N
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+                -(-size // batch_size)))
+        return dataset.prefetch(autotune)
 
     # The whole split as one element: each epoch is a stateless permutation
     # of it, keyed by (seed, epoch) alone (no global-seed state involved).
@@ -144,4 +148,8 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
         ).take(1)
     else:
         keys = tf.data.Dataset.range(initial_epoch, epochs)
-    return keys.flat_map(one_epoch).prefetch(autotune)
+    batches = (size // batch_size) * (1 if epochs is None
+                                      else epochs - initial_epoch)
+    # flat_map hides the length from Keras: it is known, so say it.
+    return keys.flat_map(one_epoch).apply(
+        tf.data.experimental.assert_cardinality(batches)).prefetch(autotune)
