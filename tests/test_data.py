@@ -1,5 +1,6 @@
 """Input pipelines: TFDS' real load path (mocked and real), Tiny ImageNet."""
 
+import dataclasses
 import os
 import shutil
 
@@ -317,7 +318,7 @@ def test_recipe_data_with_label_noise(tfds_dir):
     s = experiment.Settings(dataset="cifar10", epochs=2, batch_size=100,
                             train_examples=1000, data_dir=tfds_dir,
                             test_examples=500)
-    noisy_s = experiment.dataclasses.replace(s, label_noise=0.3)
+    noisy_s = dataclasses.replace(s, label_noise=0.3)
 
     def labels(settings):
         train, test = experiment.datasets(settings)

@@ -1,0 +1,325 @@
+"""A run's settings: the recipe methods, the presets, and their checks.
+
+`Settings` has one field per recipe flag (the same names). `validate`
+checks them before any work, deriving what it can from the objects a run
+is built from (`build.method_plan` constructs the callbacks, which check
+their own arguments); every error names its flag.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Optional, Tuple
+
+from keras_rts import data as data_lib
+from keras_rts import directions
+from keras_rts import models as models_lib
+from keras_rts import schedules
+from keras_rts.callbacks import lr_start_epoch
+from keras_rts.experiment.build import learning_rate, method_plan
+from keras_rts.experiment.flags import flag_error
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeMethod:
+    """A recipe method: an `RTSModel` step and the RTS controls it adds.
+
+    Attributes:
+        name: the `--method` value.
+        step: the `RTSModel` method, or `None` for the controlled methods,
+            whose step is `--base-method` (default `pugd`).
+        controls: the RTS controls: `"r"` (ρ scheduled), `"t"` (timing),
+            `"s"` (λ scheduled), or several.
+        radius: the default ρ in units of the step's own default ρ
+            (`keras_rts.directions.Method.default_radius`): one value, or
+            first and last for `r`.
+        grad_scale: the default λ (first and last for `s`), or `None`
+            for the step's own λ.
+    """
+
+    name: str
+    step: Optional[str]
+    controls: str
+    radius: Tuple[float, ...] = (1.0,)
+    grad_scale: Optional[Tuple[float, ...]] = None
+
+    def takes(self, control):
+        return control in self.controls
+
+
+METHODS = {m.name: m for m in (
+    RecipeMethod("sgd", "sgd", ""),
+    RecipeMethod("ugd", "ugd", ""),
+    RecipeMethod("sam", "sam", ""),
+    RecipeMethod("asam", "asam", ""),
+    RecipeMethod("pugd", "pugd", ""),
+    RecipeMethod("r", None, "r", radius=(1.0, 0.1)),
+    RecipeMethod("t", None, "t"),
+    RecipeMethod("s", None, "s", grad_scale=(1.0, 0.5)),
+    RecipeMethod("rts", None, "rts", radius=(3.0, 0.1),
+                 grad_scale=(1.0, 0.5)),
+)}
+"""The recipes' methods: the steps of SPEC §1, and the R, T, S and RTS
+controls over a base step. Default ρ (in units of the step's own: SAM's
+CIFAR value 0.05 (Foret et al.), ASAM's 0.5 (Kwon et al.), PUGD's 1): `r` a
+cosine from 1 down to 0.1, `rts` the cosine from 3 to 0.1, which has come
+down to 1.55 when `rts` switches to PUGD halfway (`r` perturbs from the
+first epoch, and from 3 it trained 4 points below PUGD on CIFAR-10; from 1
+it trains above, docs/results/README.md). Default λ for `s` and `rts`: from
+PUGD's 1 down to 0.5 over the run, as `keras_rts.callbacks.rts`."""
+
+
+BASE_METHODS = ("pugd", "sam", "asam")
+"""The steps the controls can drive (`--base-method`)."""
+
+
+TIMINGS = ("fixed", "lr", "variance", "gap")
+
+
+STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+PRESETS = {
+    "paper": dict(model="resnet18", epochs=200, batch_size=128, lr=0.1,
+                  train_examples=None),
+    "cpu": dict(model="small_resnet", epochs=10, batch_size=128, lr=0.1,
+                train_examples=5000),
+}
+"""`paper`: the published CIFAR setup. `cpu`: minutes on 2 CPU cores."""
+
+
+def _field(default, help, **kwargs):
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything that defines a run; each field is a recipe flag."""
+
+    dataset: str = _field("cifar10", "dataset", choices=data_lib.DATASETS)
+    method: str = _field("pugd", "training method", choices=tuple(METHODS))
+    base_method: Optional[str] = _field(
+        None, "the step that r, t, s and rts control (default: pugd)",
+        choices=BASE_METHODS)
+    model: str = _field("resnet18", "network", choices=models_lib.MODELS)
+    epochs: int = _field(200, "epochs of the run")
+    batch_size: int = _field(128, "examples per batch")
+    lr: float = _field(0.1, "peak learning rate (cosine decay to 0)")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(
+        5e-4, "coupled L2 weight decay, as in the published recipes")
+    seed: int = _field(0, "seed of initialisation, order and augmentation")
+    train_examples: Optional[int] = _field(
+        None, "train on this many training images (a subset)")
+    test_examples: Optional[int] = _field(
+        None, "test on the first this many test images (default: all)")
+    validation_examples: int = _field(
+        0, "hold out this many training images and evaluate on them "
+        "instead of the test set (as the tuner does)")
+    data_dir: Optional[str] = _field(
+        None, "prepared TFDS folder (CIFAR; default TFDS_DATA_DIR) or the "
+        "Tiny ImageNet folder")
+    image_size: Optional[int] = _field(
+        None, "tiny_imagenet: resize the 64×64 images to this side (area "
+        "averaging), e.g. 32; default the originals")
+    cutout: int = _field(0, "side of the cutout square (0: none)")
+    label_noise: float = _field(
+        0.0, "replace this fraction of the training labels by another "
+        "class, drawn uniformly (symmetric noise, fixed by the seed; test "
+        "and validation labels stay clean)")
+    radius: Optional[Tuple[float, ...]] = _field(
+        None, "ρ: one value, or first and last for methods r and rts "
+        "(default by method: sam 0.05, asam 0.5, pugd/t/s 1, r 1 0.1, "
+        "rts 3 0.1, the last four times the base method's ρ)",
+        nargs="+")
+    radius_shape: str = _field("cosine", "shape of ρ for r and rts",
+                               choices=schedules.SHAPES)
+    grad_scale: Optional[Tuple[float, ...]] = _field(
+        None, "λ: one value, or first and last for methods s and rts "
+        "(default: the method's λ; s/rts 1 0.5)", nargs="+")
+    grad_scale_shape: str = _field("linear", "shape of λ for s and rts",
+                                   choices=schedules.SHAPES)
+    timing: str = _field(
+        "fixed", "trigger of the perturbation for t and rts: a fixed "
+        "start, the learning rate (lr), the gradient-norm variance, the "
+        "generalization gap", choices=TIMINGS)
+    lr_fraction: float = _field(
+        0.5, "lr timing: perturb once the learning rate is at or below this "
+        "fraction of its peak (under cosine decay, 0.5 is the second half)")
+    perturb_every: int = _field(
+        1, "take the method's step on every k-th step of the perturbing "
+        "phase only, plain steps between (interval mode)")
+    start_fraction: Optional[float] = _field(
+        None, "fixed timing: start as a fraction of the epochs (default: "
+        "0.5 without --start-epoch)")
+    start_epoch: Optional[int] = _field(None, "fixed timing: start epoch")
+    end_epoch: Optional[int] = _field(None, "fixed timing: end epoch")
+    variance_t0: int = _field(5, "variance timing: epoch of the threshold")
+    variance_gamma: float = _field(0.5, "variance timing: threshold factor")
+    variance_k: int = _field(100, "variance timing: steps compared")
+    gap_xi: int = _field(5, "gap timing: epochs averaged for the base")
+    gap_mu: float = _field(2.0, "gap timing: base factor")
+    gap_t: int = _field(1, "gap timing: check every this many epochs")
+    jit_compile: bool = _field(
+        False, "compile the step with XLA (without it, Keras' 'auto': XLA "
+        "under JAX and on TensorFlow with a GPU)")
+    strategy: str = _field(
+        "none", "tf.distribute strategy: mirrored uses every local GPU "
+        "(batch-size is the global batch); multiworker reads TF_CONFIG",
+        choices=STRATEGIES)
+    perturbation: str = _field(
+        "replica", "with several replicas: ε from each replica's gradient "
+        "(replica) or from the all-reduced one (global)",
+        choices=("replica", "global"))
+    sub_batch_size: Optional[int] = _field(
+        None, "m: form ε per sub-batch of m examples of each replica's "
+        "batch and average (m-sharpness); default one ε per batch")
+
+    @property
+    def recipe_method(self):
+        return METHODS[self.method]
+
+    @property
+    def step(self):
+        """The `RTSModel` method of the run (the base method for r/t/s/rts)."""
+        return self.recipe_method.step or self.base_method or "pugd"
+
+    def method_radius(self):
+        if self.radius:
+            return tuple(self.radius)
+        unit = directions.METHODS[self.step].default_radius
+        return tuple(unit * r for r in self.recipe_method.radius)
+
+    def method_grad_scale(self):
+        if self.grad_scale:
+            return tuple(self.grad_scale)
+        return self.recipe_method.grad_scale or (None,)  # the step's own λ
+
+    def resolved(self):
+        """These settings with the method's defaults filled in.
+
+        Returns:
+            A copy whose `radius` (and, for `s`/`rts`, `grad_scale`, and
+            for the controlled methods `base_method`) are the values the
+            run uses, so that a saved run does not change meaning when a
+            default does. λ stays `None` for the other methods: their λ is
+            the method's own (SPEC §1).
+        """
+        grad_scale = self.method_grad_scale()
+        return dataclasses.replace(
+            self, radius=self.method_radius(),
+            grad_scale=None if grad_scale == (None,) else grad_scale,
+            base_method=None if self.recipe_method.step else self.step)
+
+
+LOCATION_FIELDS = ("data_dir",)
+"""Where a run reads its data from: not part of what the run computes."""
+
+
+def load_settings(folder):
+    """The `Settings` of the run in `folder`, from its `settings.json`.
+
+    Fields newer than the run take their defaults. Runs saved before ρ and
+    λ were spelt out hold `None` there, which `Settings.resolved` reads as
+    today's defaults.
+    """
+    with open(os.path.join(folder, "settings.json")) as f:
+        saved = json.load(f)
+    return Settings(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in saved.items()})
+
+
+def settings_differences(saved, wanted):
+    """The fields in which two `Settings` describe different runs.
+
+    ρ and λ are compared as the runs use them (`Settings.resolved`); the
+    data's location (`LOCATION_FIELDS`) is ignored.
+
+    Returns:
+        The sorted names of the differing fields.
+    """
+    a = dataclasses.asdict(saved.resolved())
+    b = dataclasses.asdict(wanted.resolved())
+    return sorted(k for k in a if k not in LOCATION_FIELDS and a[k] != b[k])
+
+
+def validate(settings):
+    """Checks the settings before any work; raises `ValueError` naming a flag."""
+    s = settings
+    for name in ("dataset", "method", "model", "radius_shape",
+                 "grad_scale_shape", "timing", "strategy", "perturbation",
+                 "base_method"):
+        choices = Settings.__dataclass_fields__[name].metadata["choices"]
+        if getattr(s, name) not in choices and not (
+                name == "base_method" and s.base_method is None):
+            raise flag_error(name, f"{getattr(s, name)!r} is not one of "
+                         f"{list(choices)}")
+    if s.base_method is not None and s.recipe_method.step is not None:
+        raise flag_error("base_method", f"method {s.method} is its own step; "
+                     "only r, t, s and rts take a base method")
+    if not 0 <= s.label_noise < 1:
+        raise flag_error("label_noise", f"must be in [0, 1), got {s.label_noise}")
+    if not 0 < s.lr_fraction < 1:
+        raise flag_error("lr_fraction", f"must be in (0, 1), got {s.lr_fraction}")
+    if s.perturb_every != 1 and s.step in ("sgd", "ugd"):
+        raise flag_error("perturb_every", f"method {s.method} never perturbs")
+    for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t",
+                 "perturb_every"):
+        if getattr(s, name) < 1:
+            raise flag_error(name, f"must be ≥ 1, got {getattr(s, name)}")
+    if s.sub_batch_size is not None:
+        if s.sub_batch_size < 1:
+            raise flag_error("sub_batch_size", f"must be ≥ 1, got {s.sub_batch_size}")
+        if s.perturbation == "global":
+            raise flag_error("sub_batch_size", "one ε per sub-batch contradicts "
+                         "--perturbation global")
+    if s.validation_examples < 0:
+        raise flag_error("validation_examples", "must be ≥ 0")
+    for name in ("lr", "momentum", "weight_decay"):
+        value = getattr(s, name)
+        if not math.isfinite(value) or value < 0:
+            raise flag_error(name, f"must be finite and ≥ 0, got {value}")
+    if s.train_examples is not None and s.train_examples < s.batch_size:
+        raise flag_error("train_examples", f"{s.train_examples} is fewer than "
+                     f"one batch of {s.batch_size}")
+    scheduled = {"radius": "r", "grad_scale": "s"}
+    pairs = {"radius": s.method_radius(), "grad_scale": s.method_grad_scale()}
+    for name, values in pairs.items():
+        wanted = 2 if s.recipe_method.takes(scheduled[name]) else 1
+        if len(values) != wanted:
+            raise flag_error(name, f"method {s.method} takes "
+                         f"{'first and last values' if wanted == 2 else 'one value'}"
+                         f", got {list(values)}")
+        for value in values:
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise flag_error(name, f"must be finite and ≥ 0, got {value}")
+    method_plan(s)  # builds the callbacks: checks shapes, orders, epochs
+    if s.recipe_method.takes("t") and s.timing == "lr":
+        # The recipes' cosine decay falls the same per epoch whatever the
+        # steps per epoch: one step an epoch stands for them all.
+        try:
+            lr_start_epoch(learning_rate(s, 1), s.epochs, 1,
+                                         s.lr_fraction)
+        except ValueError as e:
+            raise flag_error("lr_fraction", str(e)) from None
+    if s.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
+        raise flag_error(
+            "strategy", "multiworker reads the cluster from the TF_CONFIG "
+            "environment variable, which is not set (see "
+            "docs/distributed.md)")
+    if s.image_size is not None:
+        if s.dataset != "tiny_imagenet":
+            raise flag_error("image_size", "only tiny_imagenet is resized")
+        try:
+            data_lib.tiny_imagenet.check_image_size(s.image_size)
+        except ValueError as e:
+            raise flag_error("image_size", str(e)) from None
+    side = s.image_size or (data_lib.tiny_imagenet.IMAGE_SIZE
+                            if s.dataset == "tiny_imagenet" else 32)
+    if s.cutout >= side:
+        raise flag_error("cutout", f"must be below the image side {side}: a "
+                     f"{s.cutout}×{s.cutout} square hides most or all of "
+                     "the image (DeVries & Taylor use 16 on 32×32 CIFAR-10)")
+    if s.dataset == "tiny_imagenet" and not s.data_dir:
+        raise flag_error("data_dir", "tiny_imagenet needs its folder")
