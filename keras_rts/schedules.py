@@ -141,6 +141,12 @@ class Step(Schedule):
     def __init__(self, values, boundaries):
         values = [_check_value("values", v) for v in values]
         boundaries = list(boundaries)
+        for b in boundaries:
+            if isinstance(b, bool) or not isinstance(b, numbers.Real) or (
+                    not math.isfinite(b)):
+                raise ValueError(
+                    f"boundaries must be finite numbers, got {boundaries!r}."
+                )
         if len(values) != len(boundaries) + 1:
             raise ValueError(
                 f"Step needs one more value than boundaries, got "

@@ -92,6 +92,12 @@ def test_get_rejects_bad_arguments(args, match):
     (lambda: schedules.Constant(float("inf")), "value"),
     (lambda: schedules.Step([1.0, 0.5], boundaries=[3, 4]), "one more"),
     (lambda: schedules.Step([1.0, 0.5, 0.2], boundaries=[4, 3]), "increasing"),
+    (lambda: schedules.Step([1.0, 0.5, 0.2], boundaries=[4, float("nan")]),
+     "finite"),
+    (lambda: schedules.Step([1.0, 0.5], boundaries=[float("inf")]), "finite"),
+    (lambda: schedules.Step([1.0, 0.5], boundaries=["3"]), "boundaries"),
+    (lambda: schedules.Step([1.0, 0.5, 0.2], boundaries=[3, 3]),
+     "increasing"),
 ])
 def test_constructors_reject_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
