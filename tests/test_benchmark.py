@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -10,6 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _benchmark():
+    recipes = os.path.join(ROOT, "recipes")
+    if recipes not in sys.path:  # as when the script runs
+        sys.path.insert(0, recipes)
     spec = importlib.util.spec_from_file_location(
         "benchmark", os.path.join(ROOT, "recipes", "benchmark.py"))
     module = importlib.util.module_from_spec(spec)
@@ -43,10 +47,13 @@ def test_run_cost_of_a_comparison_against_the_prediction(tmp_path):
         tmp_path / "out" / "run_cost.md").read_text()
 
 
-def test_run_cost_refuses_a_switch_outside_the_run():
-    with pytest.raises(SystemExit, match="--switch-epoch"):
+def test_run_cost_refuses_a_switch_outside_the_run(capsys):
+    with pytest.raises(SystemExit) as exit_:
         _benchmark().main(["run-cost", "--epochs", "4", "--switch-epoch",
                            "4"])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert ": error: --switch-epoch: must be below --epochs=4" in line
 
 
 @pytest.mark.slow

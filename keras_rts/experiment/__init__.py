@@ -21,8 +21,7 @@ from keras_rts.experiment.flags import (FLAG_TYPES, RecipeParser, flag_error,
                                         flag_errors, non_negative_float,
                                         non_negative_int, positive_int,
                                         verbosity)
-from keras_rts.experiment.run import (WallClock, check_run, read_history, run,
-                                      versions)
+from keras_rts.experiment.run import check_run, read_history, run, versions
 from keras_rts.experiment.settings import (BASE_METHODS, LOCATION_FIELDS,
                                            METHODS, PRESETS, STRATEGIES,
                                            TIMINGS, RecipeMethod, Settings,
@@ -32,7 +31,7 @@ from keras_rts.experiment.settings import (BASE_METHODS, LOCATION_FIELDS,
 __all__ = [
     "BASE_METHODS", "FLAG_TYPES", "LOCATION_FIELDS", "METHODS", "PRESETS",
     "STRATEGIES", "TIMINGS", "TRIGGER_FLAGS", "RecipeMethod", "RecipeParser",
-    "Settings", "WallClock", "argument_parser", "check_data", "check_run",
+    "Settings", "argument_parser", "check_data", "check_run",
     "compile_model", "datasets", "flag_error", "flag_errors",
     "learning_rate", "load_settings", "main", "make_strategy",
     "method_plan", "non_negative_float", "non_negative_int", "positive_int",

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 import keras
 import numpy as np
@@ -35,6 +34,7 @@ import tensorflow as tf
 from keras_rts import data as data_lib
 from keras_rts import models as models_lib
 from keras_rts import plots
+from keras_rts.benchmarks import Clock
 from keras_rts.experiment.build import (check_data, compile_model, datasets,
                                         make_strategy, method_plan,
                                         shard_by_data, steps_per_epoch,
@@ -43,34 +43,6 @@ from keras_rts.experiment.flags import flag_error
 from keras_rts.experiment.settings import (load_settings,
                                            settings_differences, validate)
 from keras_rts.model import RTSModel
-
-
-class WallClock(keras.callbacks.Callback):
-    """Adds the run's cumulative `wall_time` and `cpu_time` to the epoch logs.
-
-    `cpu_time` is the CPU seconds of this process (all its threads), which
-    other processes on the machine hardly disturb; `wall_time` is elapsed
-    seconds. Both include earlier sessions of a resumed run.
-
-    Args:
-        wall_offset: wall seconds spent by earlier sessions of the run.
-        cpu_offset: CPU seconds spent by earlier sessions of the run.
-    """
-
-    def __init__(self, wall_offset=0.0, cpu_offset=0.0):
-        super().__init__()
-        self.wall_offset = wall_offset
-        self.cpu_offset = cpu_offset
-
-    def on_train_begin(self, logs=None):
-        self._wall = time.perf_counter()
-        self._cpu = time.process_time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["wall_time"] = (self.wall_offset + time.perf_counter()
-                                 - self._wall)
-            logs["cpu_time"] = self.cpu_offset + time.process_time() - self._cpu
 
 
 def read_history(path):
@@ -229,7 +201,7 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         # The epoch's CSV row is written before its backup: a run stopped
         # between the two has one row too many, which resuming drops.
         callbacks=method_callbacks + [
-            WallClock(wall_offset, cpu_offset),
+            Clock(wall_offset, cpu_offset),
             keras.callbacks.CSVLogger(paths["history.csv"], append=True),
             keras.callbacks.BackupAndRestore(paths["backup"]),
         ] + ([keras.callbacks.TensorBoard(

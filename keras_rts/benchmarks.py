@@ -1,0 +1,341 @@
+"""Cost measurements, as ratios within one process; and the one clock.
+
+- `Clock`: the Keras callback every timing uses — each step's wall time,
+  the whole fit's wall and CPU time, and the cumulative `wall_time` and
+  `cpu_time` in the epoch logs (what a run's history records).
+- `step_cost`: one training step of each method against an `sgd` step
+  and a plain `keras.Model` step, on one fixed batch (the input pipeline
+  costs nothing).
+- `pipeline_rate`: images a second of a recipe's training pipeline (warm
+  cache) against training's.
+- `run_cost`: whole short runs of `sgd`, `pugd`, `t` and `rts`,
+  interleaved, against the prediction `k/n·1 + (1 − k/n)·2`.
+- `run_cost_of_results`: the same ratios read off a finished comparison.
+
+Each returns a JSON-able dict; `recipes/benchmark.py` writes them, with
+their tables (`keras_rts.reporting.markdown_table`).
+"""
+
+import platform
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_rts import data as data_lib
+from keras_rts import models as models_lib
+from keras_rts import reporting
+from keras_rts.model import RTSModel
+
+
+class Clock(keras.callbacks.Callback):
+    """Wall and CPU time of a fit: per step, in total, and in the epoch logs.
+
+    `cpu_time` is the CPU seconds of this process (all its threads), which
+    other processes on the machine hardly disturb; `wall_time` is elapsed
+    seconds. In the epoch logs both are cumulative and include
+    `wall_offset`/`cpu_offset` (earlier sessions of a resumed run).
+
+    Attributes:
+        step_seconds: the wall time of every training step.
+        wall, cpu: the fit's wall and CPU seconds, once training ends.
+
+    Args:
+        wall_offset: wall seconds spent by earlier sessions of the run.
+        cpu_offset: CPU seconds spent by earlier sessions of the run.
+        log: add `wall_time` and `cpu_time` to the epoch logs.
+    """
+
+    def __init__(self, wall_offset=0.0, cpu_offset=0.0, log=True):
+        super().__init__()
+        self.wall_offset = wall_offset
+        self.cpu_offset = cpu_offset
+        self.log = log
+        self.step_seconds = []
+
+    def on_train_begin(self, logs=None):
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_seconds.append(time.perf_counter() - self._step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.log and logs is not None:
+            logs["wall_time"] = (self.wall_offset + time.perf_counter()
+                                 - self._wall)
+            logs["cpu_time"] = self.cpu_offset + time.process_time() - self._cpu
+
+    def on_train_end(self, logs=None):
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def machine():
+    """Where the numbers were measured: processor, cores, libraries."""
+    return {**reporting.machine(), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "keras_backend": keras.backend.backend()}
+
+
+# --- one step -------------------------------------------------------------
+
+STEPS = {
+    "keras": None,
+    "sgd": ("sgd", True),
+    "pugd_perturb_off": ("pugd", False),
+    "ugd": ("ugd", True),
+    "sam": ("sam", True),
+    "asam": ("asam", True),
+    "pugd": ("pugd", True),
+    "pugd_sub_batch_32": ("pugd", True, 32),
+}
+"""The steps timed: `(method, perturb[, sub_batch_size])`; `None` is a
+plain `keras.Model`."""
+
+RATIOS = [
+    # (numerator, denominator, floor)
+    ("pugd", "sgd", 2.0),
+    ("sam", "sgd", 2.0),
+    ("asam", "sgd", 2.0),
+    ("ugd", "sgd", 1.0),
+    ("sgd", "keras", 1.0),
+    ("pugd_perturb_off", "keras", 1.0),
+    # Same passes on four sub-batches of 32: what smaller batches cost.
+    ("pugd_sub_batch_32", "pugd", 1.0),
+]
+"""The ratios reported, each with the floor the method must pay."""
+
+
+def _step_model(name, model, jit_compile):
+    keras.utils.set_random_seed(0)
+    net = models_lib.get(model, 10, (32, 32, 3))
+    spec = STEPS[name]
+    built = net if spec is None else RTSModel(
+        net, method=spec[0], perturb=spec[1],
+        sub_batch_size=spec[2] if len(spec) > 2 else None)
+    built.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        # "auto": graph mode on TensorFlow (CPU), compiled on JAX.
+        jit_compile=True if jit_compile else "auto",
+    )
+    return built
+
+
+def step_cost(model="small_resnet", batch_size=128, steps=10, rounds=5,
+              jit_compile=False):
+    """Median step time of each of `STEPS`, and the `RATIOS` between them.
+
+    Every model is traced and warmed up first; then `rounds` rounds time
+    `steps` steps of each, the order rotated so that none always runs
+    first or last.
+
+    Returns:
+        `{"median_step_seconds": {name: s}, "ratios": [{"step",
+        "relative_to", "ratio", "floor", "overhead"}], "machine"}`.
+    """
+    rng = np.random.default_rng(0)
+    batch = (rng.normal(size=(batch_size, 32, 32, 3)).astype("float32"),
+             rng.integers(0, 10, size=batch_size).astype("int32"))
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    built = {name: _step_model(name, model, jit_compile) for name in STEPS}
+    for each in built.values():
+        each.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
+    times = {name: [] for name in STEPS}
+    names = list(STEPS)
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            clock = Clock(log=False)
+            built[name].fit(data, steps_per_epoch=steps, epochs=1, verbose=0,
+                            shuffle=False, callbacks=[clock])
+            times[name].extend(clock.step_seconds)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "machine": machine(),
+        "median_step_seconds": median,
+        "ratios": [
+            {"step": a, "relative_to": b, "ratio": median[a] / median[b],
+             "floor": floor, "overhead": median[a] / median[b] / floor - 1}
+            for a, b, floor in RATIOS
+        ],
+    }
+
+
+# --- the input pipeline ---------------------------------------------------
+
+def pipeline_rate(settings, steps=20):
+    """Images a second of the training pipeline (warm cache) and training.
+
+    Args:
+        settings: a recipe's `keras_rts.experiment.Settings`.
+        steps: training steps timed per method.
+
+    Returns:
+        `{"pipeline_images_per_second", "training_images_per_second":
+        {method: rate}, "ratio_pipeline_to_training", "machine"}`.
+    """
+    s = settings
+    per_epoch = s.train_examples // s.batch_size
+    train = data_lib.load(s.dataset, "train", data_dir=s.data_dir,
+                          batch_size=s.batch_size,
+                          train_examples=s.train_examples, epochs=3)
+    iterator = iter(train)
+    for _ in range(per_epoch):  # epoch 0 fills the cache
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(2 * per_epoch):
+        next(iterator)
+    data_rate = 2 * per_epoch * s.batch_size / (time.perf_counter() - start)
+
+    num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
+    fixed = tf.data.Dataset.from_tensors(next(iter(train))).repeat()
+    rates = {}
+    for method in ("sgd", "pugd"):
+        keras.utils.set_random_seed(0)
+        model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
+                         method=method)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(True))
+        model.fit(fixed, steps_per_epoch=3, verbose=0, shuffle=False)
+        clock = Clock(log=False)
+        model.fit(fixed, steps_per_epoch=steps, verbose=0, shuffle=False,
+                  callbacks=[clock])
+        rates[method] = s.batch_size / statistics.median(clock.step_seconds)
+    return {
+        "machine": machine(),
+        "pipeline_images_per_second": data_rate,
+        "training_images_per_second": rates,
+        "ratio_pipeline_to_training": {
+            m: data_rate / r for m, r in rates.items()},
+    }
+
+
+# --- whole runs -----------------------------------------------------------
+
+def predicted_cost(switch_epoch, epochs):
+    """Passes of a run switching from SGD to PUGD at `switch_epoch`, ÷ SGD's."""
+    k, n = switch_epoch, epochs
+    return k / n + 2 * (1 - k / n)
+
+
+def run_cost(epochs=8, switch_epoch=4, examples=1280, rounds=3,
+             model="small_resnet"):
+    """Whole short runs of sgd, pugd, t and rts, in one process, interleaved.
+
+    Each model is built and traced once (a warm-up epoch), then timed on
+    whole runs (evaluation excluded); the callbacks set ρ, λ and the switch
+    epoch by epoch.
+
+    Returns:
+        `{"rows": [{"method", "predicted_vs_sgd", "evals_vs_sgd",
+        "cpu_vs_sgd", "wall_vs_sgd", "predicted_vs_pugd", "cpu_vs_pugd",
+        "wall_vs_pugd"}], "cpu_seconds", "wall_seconds", "grad_evals",
+        "machine"}`.
+    """
+    from keras_rts import experiment
+
+    n, k = epochs, switch_epoch
+    if not 0 < k < n:
+        raise ValueError(f"--switch-epoch: must be in (0, --epochs={n}), "
+                         f"got {k}")
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(examples, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 10, size=examples).astype("int32")
+    methods = ("sgd", "pugd", "t", "rts")
+
+    def build(method):
+        settings = experiment.Settings(method=method, epochs=n,
+                                       start_epoch=k, model=model)
+        kwargs, callbacks = experiment.method_plan(settings)
+        keras.utils.set_random_seed(0)
+        built = RTSModel(models_lib.get(model, 10, (32, 32, 3)), **kwargs)
+        experiment.compile_model(built, settings, examples // 128)
+        return built, callbacks
+
+    def fit(method, fit_epochs):
+        built, callbacks = models[method]
+        clock = Clock(log=False)
+        before = int(built.grad_evals.numpy())
+        built.fit(images, labels, batch_size=128, epochs=fit_epochs,
+                  shuffle=False, verbose=0, callbacks=callbacks + [clock])
+        return clock, int(built.grad_evals.numpy()) - before
+
+    models = {m: build(m) for m in methods}
+    for method in methods:
+        fit(method, 1)
+    cpu = {m: [] for m in methods}
+    wall = {m: [] for m in methods}
+    evals = {}
+    for round_ in range(rounds):
+        shift = round_ % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            clock, evals[method] = fit(method, n)
+            cpu[method].append(clock.cpu)
+            wall[method].append(clock.wall)
+    median_cpu = {m: statistics.median(t) for m, t in cpu.items()}
+    median_wall = {m: statistics.median(t) for m, t in wall.items()}
+    predicted = {"sgd": 1.0, "pugd": 2.0, "t": predicted_cost(k, n),
+                 "rts": predicted_cost(k, n)}
+    rows = [{"method": m, "predicted_vs_sgd": predicted[m],
+             "evals_vs_sgd": evals[m] / evals["sgd"],
+             "cpu_vs_sgd": median_cpu[m] / median_cpu["sgd"],
+             "wall_vs_sgd": median_wall[m] / median_wall["sgd"],
+             "predicted_vs_pugd": predicted[m] / 2.0,
+             "cpu_vs_pugd": median_cpu[m] / median_cpu["pugd"],
+             "wall_vs_pugd": median_wall[m] / median_wall["pugd"]}
+            for m in methods]
+    return {"machine": machine(), "rows": rows, "cpu_seconds": cpu,
+            "wall_seconds": wall, "grad_evals": evals}
+
+
+def run_cost_of_results(results):
+    """The timed runs (`t`, `rts`, …) of a comparison against the prediction.
+
+    Args:
+        results: a comparison's `results.json`, loaded.
+
+    Returns:
+        One row per timed run: `method`, `seed`, `k`, `n`, `predicted`,
+        and its gradient evaluations, CPU and wall time ÷ the mean of SGD's
+        and PUGD's runs.
+
+    Raises:
+        ValueError: without the sgd and pugd runs.
+    """
+    runs = results["runs"]
+    missing = [m for m in ("sgd", "pugd") if m not in runs]
+    if missing:
+        raise ValueError(f"run-cost needs the sgd and pugd runs; missing "
+                         f"{missing}")
+
+    def mean(method, key):
+        return statistics.mean(s[key] for s in runs[method])
+
+    rows = []
+    for method in runs:
+        for summary in runs[method]:
+            k, n = summary["perturb_start_epoch"], summary["epochs"]
+            if method in ("sgd", "pugd") or k is None:
+                continue
+            rows.append({
+                "method": method, "seed": summary["seed"], "k": k, "n": n,
+                "predicted": predicted_cost(k, n),
+                "evals_vs_sgd": summary["grad_evals"] / mean("sgd",
+                                                             "grad_evals"),
+                "cpu_vs_sgd": summary["cpu_time_seconds"]
+                / mean("sgd", "cpu_time_seconds"),
+                "wall_vs_sgd": summary["wall_time_seconds"]
+                / mean("sgd", "wall_time_seconds"),
+                "evals_vs_pugd": summary["grad_evals"] / mean("pugd",
+                                                              "grad_evals"),
+                "cpu_vs_pugd": summary["cpu_time_seconds"]
+                / mean("pugd", "cpu_time_seconds"),
+            })
+    return rows
