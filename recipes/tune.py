@@ -31,8 +31,10 @@ NOT_SEARCH_FLAGS = (
     "method", "base_method", "radius", "radius_shape", "grad_scale",
     "grad_scale_shape", "timing", "start_fraction", "start_epoch",
     "end_epoch", "lr_fraction", "perturb_every", "variance_t0",
-    "variance_gamma", "variance_k", "gap_xi", "gap_mu", "gap_t")
-"""Settings the search chooses (or does not offer): not flags of tune.py."""
+    "variance_gamma", "variance_k", "gap_xi", "gap_mu", "gap_t",
+    "strategy", "test_examples")
+"""Settings the search chooses, or does not use (it runs on one process's
+devices and never reads the test set): not flags of tune.py."""
 
 
 def _space_flags(parser):

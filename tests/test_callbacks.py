@@ -525,3 +525,13 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, kind, stop):
         np.testing.assert_array_equal(got, want)
     assert int(resumed.grad_evals.numpy()) == int(
         reference.grad_evals.numpy())
+
+
+def test_progress_bar_shows_the_counters_once_per_epoch(capsys):
+    x, y = _data()
+    _model().fit(x, y, batch_size=BATCH, epochs=2, verbose=1)
+    out = capsys.readouterr().out
+    assert out.count("grad_evals") == 2  # the two epochs' lines
+    assert out.count("radius") > 2  # measured values on every update
+    history = _fit(_model(), 2)
+    assert history.history["grad_evals"] == [2 * STEPS, 4 * STEPS]

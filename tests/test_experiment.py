@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -71,6 +72,24 @@ def test_cifar_recipe_end_to_end(tfds_dir, tmp_path):
     assert tuple(summary["settings"]["radius"]) == (
         RECIPE_RADIUS["rts"])
     assert not os.path.exists(os.path.join(run_dir, "backup"))
+
+
+def test_label_noise_and_interval_sam_through_the_recipe(tfds_dir,
+                                                          tmp_path):
+    """--label-noise and --perturb-every end to end: the run records them,
+    and interval SAM costs S·n + ceil(S·n / k) gradient evaluations (the
+    flipped labels themselves: tests/test_data.py)."""
+    run_dir = str(tmp_path / "run")
+    _recipe("cifar.py", "--preset", "cpu", "--method", "sam",
+            "--perturb-every", "3", "--label-noise", "0.2", "--epochs", "2",
+            "--train-examples", "320", "--batch-size", "64",
+            "--test-examples", "500", "--data-dir", tfds_dir,
+            "--output-dir", run_dir, "--verbose", "2")
+    rows, summary = _check_artefacts(run_dir, "sam", 2)
+    assert summary["settings"]["label_noise"] == 0.2
+    assert summary["settings"]["perturb_every"] == 3
+    steps = 2 * (320 // 64)
+    assert summary["grad_evals"] == steps + math.ceil(steps / 3)
 
 
 def test_tiny_imagenet_recipe_end_to_end(tiny_dir, tmp_path):
