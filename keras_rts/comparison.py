@@ -81,14 +81,22 @@ def check(settings, methods, seeds, output_dir):
     runs = {(m, s): dataclasses.replace(settings, method=m, seed=s)
             for s in seeds for m in methods}
     stale = []
+    unused = None
     for (method, seed), wanted in runs.items():
-        experiment.validate(wanted)
+        experiment.validate(wanted, refuse_unused=False)
+        ignored = set(experiment.unused_flags(wanted))
+        unused = ignored if unused is None else unused & ignored
         folder = run_dir(output_dir, method, seed)
         if os.path.exists(os.path.join(folder, "settings.json")):
             changed = experiment.settings_differences(
                 experiment.load_settings(folder), wanted)
             if changed:
                 stale.append(f"{folder} ({', '.join(changed)})")
+    if unused:
+        name = sorted(unused)[0]
+        raise ValueError(f"--{name.replace('_', '-')}: none of the methods "
+                         f"{list(methods)} uses it: every run would ignore "
+                         "it.")
     experiment.check_data(settings)
     if stale:
         raise ValueError(

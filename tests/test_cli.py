@@ -77,6 +77,21 @@ BAD_CIFAR = [
      "--test-examples"),
     (["--data-dir", "{data}", "--batch-size", "6000"], "--train-examples"),
     (["--no-such-flag", "3"], "--no-such-flag"),
+    (["--output-dir", "{file}"], "--output-dir"),
+    (["--output-dir", "{file}/run"], "--output-dir"),
+    (["--data-dir", "{file}"], "--data-dir"),
+    # Flags this run would ignore: silently wrong, so refused.
+    (["--method", "pugd", "--timing", "variance"], "--timing"),
+    (["--method", "sgd", "--radius", "0.1"], "--radius"),
+    (["--method", "ugd", "--sub-batch-size", "32"], "--sub-batch-size"),
+    (["--method", "rts", "--variance-k", "50"], "--variance-k"),
+    (["--method", "t", "--timing", "lr", "--start-epoch", "3"],
+     "--start-epoch"),
+    (["--method", "sam", "--radius-shape", "linear"], "--radius-shape"),
+    (["--method", "r", "--grad-scale-shape", "cosine"], "--grad-scale-shape"),
+    (["--validation-examples", "1000", "--test-examples", "100"],
+     "--test-examples"),
+    (["--sub-batch-size", "48"], "--sub-batch-size"),
 ]
 
 
@@ -85,8 +100,10 @@ BAD_CIFAR = [
 def test_cifar_recipe_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
                                                     tmp_path, capsys):
     paths = {"data": tfds_dir, "missing": str(tmp_path / "missing"),
-             "empty": str(tmp_path / "empty")}
+             "empty": str(tmp_path / "empty"),
+             "file": str(tmp_path / "notes.txt")}
     (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("a user's file")
     out = tmp_path / "run"
     argv = ["--preset", "cpu", "--output-dir", str(out)] + [
         f.format(**paths) for f in flags]
@@ -94,6 +111,7 @@ def test_cifar_recipe_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
     assert not out.exists()
     assert not (tmp_path / "missing").exists()
     assert list((tmp_path / "empty").iterdir()) == []
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
 
 
 @pytest.mark.parametrize("flags, flag", [
@@ -121,6 +139,7 @@ def test_tiny_imagenet_recipe_refuses_bad_flags_in_one_line(
     (["--methods", "rts", "--radius", "1"], "--radius"),
     (["--methods", "sgd", "--method", "sam"], "--method"),
     (["--methods", "sgd", "--resume"], "--resume"),
+    (["--methods", "sgd", "sam", "--timing", "variance"], "--timing"),
 ])
 def test_compare_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
                                                tmp_path, capsys):

@@ -33,7 +33,8 @@ def prepared_sizes(name, data_dir):
             f"(made by tfds.builder('{name}').download_and_prepare() on a "
             "machine with network); nothing was downloaded")
     if not os.path.isdir(data_dir):
-        raise ValueError(f"{data_dir} does not exist: {what}.")
+        state = "is a file" if os.path.exists(data_dir) else "does not exist"
+        raise ValueError(f"{data_dir} {state}: {what}.")
     try:
         with open(info) as f:
             splits = {split["name"]: sum(int(n) for n in split["shardLengths"])

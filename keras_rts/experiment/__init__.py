@@ -26,7 +26,8 @@ from keras_rts.experiment.settings import (BASE_METHODS, LOCATION_FIELDS,
                                            METHODS, PRESETS, STRATEGIES,
                                            TIMINGS, RecipeMethod, Settings,
                                            load_settings,
-                                           settings_differences, validate)
+                                           settings_differences,
+                                           unused_flags, validate)
 
 __all__ = [
     "BASE_METHODS", "FLAG_TYPES", "LOCATION_FIELDS", "METHODS", "PRESETS",
@@ -36,6 +37,7 @@ __all__ = [
     "learning_rate", "load_settings", "main", "make_strategy",
     "method_plan", "non_negative_float", "non_negative_int", "positive_int",
     "read_history", "run", "settings_differences", "settings_from_args",
-    "settings_to_flags", "steps_per_epoch", "validate", "verbosity",
+    "settings_to_flags", "steps_per_epoch", "unused_flags", "validate",
+    "verbosity",
     "versions",
 ]

@@ -116,6 +116,14 @@ def check_run(settings, output_dir, resume=False):
     """
     validate(settings)
     check_data(settings)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise flag_error("output_dir", f"{output_dir} is a file, not a "
+                         "folder.")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise flag_error("output_dir", f"cannot write into {existing}.")
     if os.path.exists(os.path.join(output_dir, "summary.json")):
         raise flag_error("output_dir", f"{output_dir} already holds a finished "
                      "run (summary.json); choose another folder — nothing "

@@ -130,8 +130,8 @@ class Settings:
         "and validation labels stay clean)")
     radius: Optional[Tuple[float, ...]] = _field(
         None, "ρ: one value, or first and last for methods r and rts "
-        "(default by method: sam 0.05, asam 0.5, pugd/t/s 1, r 1 0.1, "
-        "rts 3 0.1, the last four times the base method's ρ)",
+        "(default by method: sam 0.05, asam 0.5, pugd 1; t and s the base "
+        "method's; r 1 0.1 and rts 3 0.1 times the base method's)",
         nargs="+")
     radius_shape: str = _field("cosine", "shape of ρ for r and rts",
                                choices=schedules.SHAPES)
@@ -244,8 +244,64 @@ def settings_differences(saved, wanted):
     return sorted(k for k in a if k not in LOCATION_FIELDS and a[k] != b[k])
 
 
-def validate(settings):
-    """Checks the settings before any work; raises `ValueError` naming a flag."""
+def unused_flags(settings):
+    """The flags set away from their default that this run would ignore.
+
+    ρ and λ for a method that never perturbs, a shape for a method without
+    that schedule, a timing's parameters without that timing, the test
+    subset when evaluating on held-out images, and so on: set by a user
+    who expects them to act, they would be silently wrong.
+
+    Returns:
+        The sorted field names.
+    """
+    s = settings
+    m = s.recipe_method
+    perturbs = s.step not in ("sgd", "ugd")
+    timed = m.takes("t")
+    applies = {
+        "radius": perturbs, "grad_scale": perturbs,
+        "sub_batch_size": perturbs, "perturbation": perturbs,
+        "radius_shape": m.takes("r"), "grad_scale_shape": m.takes("s"),
+        "timing": timed,
+        "start_fraction": timed and s.timing == "fixed",
+        "start_epoch": timed and s.timing == "fixed",
+        "end_epoch": timed and s.timing == "fixed",
+        "lr_fraction": timed and s.timing == "lr",
+        "variance_t0": timed and s.timing == "variance",
+        "variance_gamma": timed and s.timing == "variance",
+        "variance_k": timed and s.timing == "variance",
+        "gap_xi": timed and s.timing == "gap",
+        "gap_mu": timed and s.timing == "gap",
+        "gap_t": timed and s.timing == "gap",
+        "test_examples": not s.validation_examples,
+    }
+    fields = Settings.__dataclass_fields__
+    return sorted(name for name, used in applies.items()
+                  if not used and getattr(s, name) != fields[name].default)
+
+
+def _why_unused(s, name):
+    if name in ("radius", "grad_scale", "sub_batch_size", "perturbation"):
+        return f"method {s.method} never perturbs"
+    if name == "test_examples":
+        return "--validation-examples evaluates on held-out training images"
+    if name == "timing" or not s.recipe_method.takes("t"):
+        return f"method {s.method} has no timing (t and rts do)"
+    if name in ("radius_shape", "grad_scale_shape"):
+        return f"method {s.method} does not schedule it"
+    return f"it is not a parameter of --timing {s.timing}"
+
+
+def validate(settings, refuse_unused=True):
+    """Checks the settings before any work; raises `ValueError` naming a flag.
+
+    Args:
+        settings: the `Settings`.
+        refuse_unused: refuse flags this run would ignore (`unused_flags`);
+            a comparison, whose flags serve several methods, checks them
+            across its methods instead.
+    """
     s = settings
     for name in ("dataset", "method", "model", "radius_shape",
                  "grad_scale_shape", "timing", "strategy", "perturbation",
@@ -254,14 +310,16 @@ def validate(settings):
         if getattr(s, name) not in choices and not (
                 name == "base_method" and s.base_method is None):
             raise flag_error(name, f"{getattr(s, name)!r} is not one of "
-                         f"{list(choices)}")
+                             f"{list(choices)}")
     if s.base_method is not None and s.recipe_method.step is not None:
-        raise flag_error("base_method", f"method {s.method} is its own step; "
-                     "only r, t, s and rts take a base method")
+        raise flag_error("base_method", f"method {s.method} is its own "
+                         "step; only r, t, s and rts take a base method")
     if not 0 <= s.label_noise < 1:
-        raise flag_error("label_noise", f"must be in [0, 1), got {s.label_noise}")
+        raise flag_error("label_noise",
+                         f"must be in [0, 1), got {s.label_noise}")
     if not 0 < s.lr_fraction < 1:
-        raise flag_error("lr_fraction", f"must be in (0, 1), got {s.lr_fraction}")
+        raise flag_error("lr_fraction",
+                         f"must be in (0, 1), got {s.lr_fraction}")
     if s.perturb_every != 1 and s.step in ("sgd", "ugd"):
         raise flag_error("perturb_every", f"method {s.method} never perturbs")
     for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t",
@@ -270,37 +328,48 @@ def validate(settings):
             raise flag_error(name, f"must be ≥ 1, got {getattr(s, name)}")
     if s.sub_batch_size is not None:
         if s.sub_batch_size < 1:
-            raise flag_error("sub_batch_size", f"must be ≥ 1, got {s.sub_batch_size}")
+            raise flag_error("sub_batch_size",
+                             f"must be ≥ 1, got {s.sub_batch_size}")
+        if s.batch_size % s.sub_batch_size:
+            raise flag_error("sub_batch_size", f"{s.sub_batch_size} does not "
+                             f"divide the batch of {s.batch_size}")
         if s.perturbation == "global":
-            raise flag_error("sub_batch_size", "one ε per sub-batch contradicts "
-                         "--perturbation global")
+            raise flag_error("sub_batch_size", "one ε per sub-batch "
+                             "contradicts --perturbation global")
     if s.validation_examples < 0:
         raise flag_error("validation_examples", "must be ≥ 0")
-    for name in ("lr", "momentum", "weight_decay"):
-        value = getattr(s, name)
-        if not math.isfinite(value) or value < 0:
-            raise flag_error(name, f"must be finite and ≥ 0, got {value}")
+    if not (math.isfinite(s.lr) and s.lr > 0):
+        raise flag_error("lr", f"must be finite and > 0, got {s.lr}")
+    if not 0 <= s.momentum < 1:
+        raise flag_error("momentum", f"must be in [0, 1), got {s.momentum}")
+    if not (math.isfinite(s.weight_decay) and s.weight_decay >= 0):
+        raise flag_error("weight_decay",
+                         f"must be finite and ≥ 0, got {s.weight_decay}")
     if s.train_examples is not None and s.train_examples < s.batch_size:
-        raise flag_error("train_examples", f"{s.train_examples} is fewer than "
-                     f"one batch of {s.batch_size}")
+        raise flag_error("train_examples", f"{s.train_examples} is fewer "
+                         f"than one batch of {s.batch_size}")
     scheduled = {"radius": "r", "grad_scale": "s"}
     pairs = {"radius": s.method_radius(), "grad_scale": s.method_grad_scale()}
     for name, values in pairs.items():
         wanted = 2 if s.recipe_method.takes(scheduled[name]) else 1
         if len(values) != wanted:
             raise flag_error(name, f"method {s.method} takes "
-                         f"{'first and last values' if wanted == 2 else 'one value'}"
-                         f", got {list(values)}")
+                             f"{'first and last values' if wanted == 2 else 'one value'}"
+                             f", got {list(values)}")
         for value in values:
-            if value is not None and not (math.isfinite(value) and value >= 0):
+            if value is not None and not (math.isfinite(value)
+                                          and value >= 0):
                 raise flag_error(name, f"must be finite and ≥ 0, got {value}")
+    if refuse_unused:
+        for name in unused_flags(s):
+            raise flag_error(name, f"{_why_unused(s, name)}: this run would "
+                             "ignore it")
     method_plan(s)  # builds the callbacks: checks shapes, orders, epochs
     if s.recipe_method.takes("t") and s.timing == "lr":
         # The recipes' cosine decay falls the same per epoch whatever the
         # steps per epoch: one step an epoch stands for them all.
         try:
-            lr_start_epoch(learning_rate(s, 1), s.epochs, 1,
-                                         s.lr_fraction)
+            lr_start_epoch(learning_rate(s, 1), s.epochs, 1, s.lr_fraction)
         except ValueError as e:
             raise flag_error("lr_fraction", str(e)) from None
     if s.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
@@ -319,7 +388,8 @@ def validate(settings):
                             if s.dataset == "tiny_imagenet" else 32)
     if s.cutout >= side:
         raise flag_error("cutout", f"must be below the image side {side}: a "
-                     f"{s.cutout}×{s.cutout} square hides most or all of "
-                     "the image (DeVries & Taylor use 16 on 32×32 CIFAR-10)")
+                         f"{s.cutout}×{s.cutout} square hides most or all "
+                         "of the image (DeVries & Taylor use 16 on 32×32 "
+                         "CIFAR-10)")
     if s.dataset == "tiny_imagenet" and not s.data_dir:
         raise flag_error("data_dir", "tiny_imagenet needs its folder")
