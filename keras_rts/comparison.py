@@ -29,7 +29,8 @@ def run_dir(output_dir, method, seed):
     return os.path.join(output_dir, "runs", f"{method}_seed{seed}")
 
 
-def compare(settings, methods, seeds, output_dir, verbose=2, command=None):
+def compare(settings, methods, seeds, output_dir, verbose=2, command=None,
+            name="results"):
     """Trains (or reuses) every run, then writes the results.
 
     Args:
@@ -41,6 +42,9 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None):
         verbose: Keras `fit` verbosity of each run.
         command: the command line that made the comparison, recorded
             beside the table.
+        name: the stem of the results files (`<name>.json`, `<name>.md`,
+            and the figure): another name keeps several tables over the
+            same runs (e.g. more seeds of some methods).
 
     Returns:
         The results (also written to `results.json`).
@@ -58,7 +62,7 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None):
             wanted, output_dir=folder,
             resume=os.path.exists(os.path.join(folder, "settings.json")),
             verbose=verbose)
-    return write_results(output_dir, methods, seeds, command)
+    return write_results(output_dir, methods, seeds, command, name)
 
 
 def check(settings, methods, seeds, output_dir):
@@ -232,8 +236,12 @@ def _curves(output_dir, methods, seeds):
     return curves
 
 
-def write_results(output_dir, methods, seeds, command=None):
-    """Writes `results.json`, `results.md` and `comparison.png` from the runs."""
+def write_results(output_dir, methods, seeds, command=None, name="results"):
+    """Writes `<name>.json`, `<name>.md` and the figure from the runs.
+
+    The figure is `comparison.png` for the default name, else
+    `<name>.png`.
+    """
     runs = load_runs(output_dir, methods, seeds)
     aggregates = aggregate(runs)
     first = runs[methods[0]][0]["settings"]
@@ -243,10 +251,10 @@ def write_results(output_dir, methods, seeds, command=None):
                "machine": reporting.machine(),
                "versions": runs[methods[0]][0]["versions"],
                "aggregates": aggregates, "runs": runs}
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
+    with open(os.path.join(output_dir, name + ".json"), "w") as f:
         json.dump(results, f, indent=2)
     evaluated = runs[methods[0]][0].get("evaluated_on", "test")
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
+    with open(os.path.join(output_dir, name + ".md"), "w") as f:
         f.write(
             f"{shared['dataset']}, {shared['model']}, "
             f"{shared['train_examples'] or 'all'} training images, "
@@ -263,7 +271,8 @@ def write_results(output_dir, methods, seeds, command=None):
                                          results["versions"]) + "\n")
     plots.plot_comparison(
         _curves(output_dir, methods, seeds),
-        os.path.join(output_dir, "comparison.png"),
+        os.path.join(output_dir, "comparison.png" if name == "results"
+                     else name + ".png"),
         title=f"{shared['dataset']}, {shared['model']}, "
         f"{shared['train_examples'] or 'all'} training images, "
         f"{shared['epochs']} epochs, {len(seeds)} seed(s)")

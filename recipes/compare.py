@@ -32,6 +32,9 @@ def main(argv=None):
                         choices=tuple(experiment.METHODS),
                         metavar="METHOD", help="methods to compare: "
                         + ", ".join(experiment.METHODS))
+    parser.add_argument("--results-name", default="results",
+                        help="stem of the results files, to keep another "
+                        "table over the same runs (default: results)")
     parser.add_argument("--seeds", nargs="+", default=[0, 1, 2],
                         type=experiment.FLAG_TYPES["seed"], metavar="SEED",
                         help="seeds of every method (default: 0 1 2)")
@@ -41,7 +44,7 @@ def main(argv=None):
         comparison.check(settings, args.methods, args.seeds, args.output_dir)
     results = comparison.compare(
         settings, args.methods, args.seeds, args.output_dir,
-        verbose=args.verbose,
+        verbose=args.verbose, name=args.results_name,
         command="python recipes/compare.py " + shlex.join(
             sys.argv[1:] if argv is None else argv))
     print(comparison.table(results["aggregates"]))

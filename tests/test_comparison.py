@@ -14,7 +14,7 @@ from keras_rts import comparison, reporting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = sorted(glob.glob(os.path.join(ROOT, "docs", "results", "*",
-                                          "results.json")))
+                                          "results*.json")))
 COMMITTED_RUNS = sorted(glob.glob(os.path.join(
     ROOT, "docs", "results", "*", "runs", "*", "history.csv")))
 
@@ -66,9 +66,9 @@ def _interval(paired):
     return np.mean(paired) - half, np.mean(paired) + half
 
 
-def _check_results(folder):
-    """Recomputes results.json from the runs, and results.md from the JSON."""
-    with open(os.path.join(folder, "results.json")) as f:
+def _check_results(folder, name="results"):
+    """Recomputes <name>.json from the runs, and <name>.md from the JSON."""
+    with open(os.path.join(folder, name + ".json")) as f:
         results = json.load(f)
     methods, seeds = results["methods"], results["seeds"]
     summaries = {}
@@ -109,7 +109,7 @@ def _check_results(folder):
                     low, high = _interval(paired)
                     assert d["low"] == pytest.approx(low, abs=1e-6)
                     assert d["high"] == pytest.approx(high, abs=1e-6)
-    with open(os.path.join(folder, "results.md")) as f:
+    with open(os.path.join(folder, name + ".md")) as f:
         accuracy, cost = _tables(f.read())
     assert [r["method"] for r in accuracy] == methods
     assert [r["method"] for r in cost] == methods
@@ -188,10 +188,11 @@ def test_compare_command_end_to_end(tfds_dir, tmp_path):
 
 @pytest.mark.skipif(not COMMITTED, reason="no committed results yet")
 @pytest.mark.parametrize("path", COMMITTED,
-                         ids=[os.path.basename(os.path.dirname(p))
-                              for p in COMMITTED])
+                         ids=[os.path.relpath(p, os.path.join(
+                             ROOT, "docs", "results")) for p in COMMITTED])
 def test_committed_results_are_recomputed_from_their_runs(path):
-    _check_results(os.path.dirname(path))
+    _check_results(os.path.dirname(path),
+                   os.path.splitext(os.path.basename(path))[0])
 
 
 def test_aggregate_against_hand_computed_numbers():
