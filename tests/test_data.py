@@ -393,3 +393,19 @@ def test_datasets_have_their_length(tfds_dir, tiny_dir):
     ]:
         assert int(dataset.cardinality()) == batches
         assert sum(1 for _ in dataset) == batches
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size="128"), "batch_size"),
+    (dict(cutout=100), "cutout must be below the image side 32"),
+    (dict(cutout=-1), "cutout"),
+    (dict(epochs=0), "epochs"),
+    (dict(epochs=3, initial_epoch=5), "initial_epoch=5"),
+    (dict(seed=1.5), "seed"),
+    (dict(label_noise=1.0), "label_noise"),
+])
+def test_load_refuses_bad_arguments_naming_them(kwargs, match, tfds_dir):
+    with pytest.raises(ValueError, match=match):
+        data.load("cifar10", "train", data_dir=tfds_dir, train_examples=256,
+                  **kwargs)

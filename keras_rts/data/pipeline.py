@@ -1,11 +1,20 @@
 """The `tf.data` steps every image dataset shares."""
 
+import numbers
+
 import tensorflow as tf
 
 from keras_rts.data import augment as augment_lib
 
 _EPOCH_STRIDE = 1 << 32  # keeps (epoch, example) seeds distinct
 _NOISE_STREAMS = (-1, -2)  # label-noise keys, apart from the epochs' (≥ 0)
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+            minimum is not None and value < minimum):
+        bound = "an integer" if minimum is None else f"an integer ≥ {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}.")
 
 
 def check_label_noise(label_noise, split):
@@ -81,6 +90,21 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
     Returns:
         A batched `tf.data.Dataset` of `(float32 image, int32 label)`.
     """
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, None)
+    side = min(dataset.element_spec[0].shape[:2], default=None)
+    _check_int("cutout", cutout, 0)
+    if cutout and side is not None and cutout >= side:
+        raise ValueError(
+            f"cutout must be below the image side {side}: a {cutout}×{cutout} "
+            "square hides most or all of the image.")
+    if epochs is not None:
+        _check_int("epochs", epochs, 1)
+        _check_int("initial_epoch", initial_epoch, 0)
+        if initial_epoch >= epochs:
+            raise ValueError(
+                f"initial_epoch={initial_epoch} must be below "
+                f"epochs={epochs}.")
     autotune = tf.data.AUTOTUNE
     dataset = dataset.map(
         lambda image, label: (image, tf.cast(label, tf.int32)),
