@@ -71,6 +71,9 @@ class _VariableScheduler(keras.callbacks.Callback):
                 f"keras.optimizers.schedules object or a function of the "
                 f"{'step' if per_step else 'epoch'}), got {schedule!r}."
             )
+        if not isinstance(per_step, (bool, np.bool_)):
+            raise ValueError(f"per_step must be True or False, got "
+                             f"{per_step!r}.")
         self.schedule = schedule
         self.per_step = bool(per_step)
         # `f(t, current_value)`, as `keras.callbacks.LearningRateScheduler`
@@ -669,12 +672,15 @@ def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
     duration = epochs
     if per_step:
         duration *= _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+    shaped = {}
+    for name, shape, pair in (("radius", radius_shape, radius),
+                              ("grad_scale", grad_scale_shape, grad_scale)):
+        try:
+            shaped[name] = schedules.get(shape, *pair, duration=duration)
+        except ValueError as e:
+            raise ValueError(f"{name} (shape {shape!r}): {e}") from None
     return [
-        RadiusScheduler(
-            schedules.get(radius_shape, *radius, duration=duration),
-            per_step=per_step),
-        GradScaleScheduler(
-            schedules.get(grad_scale_shape, *grad_scale, duration=duration),
-            per_step=per_step),
+        RadiusScheduler(shaped["radius"], per_step=per_step),
+        GradScaleScheduler(shaped["grad_scale"], per_step=per_step),
         timing,
     ]

@@ -203,6 +203,11 @@ def test_switching_traces_each_phase_once():
     (lambda: callbacks.PerturbationWindow(0, perturb_every=1.5),
      "perturb_every"),
     (lambda: callbacks.rts(10, radius_shape="zigzag"), "zigzag"),
+    (lambda: callbacks.rts(10, grad_scale_shape="zigzag"),
+     r"grad_scale \(shape 'zigzag'\)"),
+    (lambda: callbacks.rts(10, radius_shape=None), r"radius \(shape None\)"),
+    (lambda: callbacks.RadiusScheduler(lambda e: 1.0, per_step="yes"),
+     "per_step"),
     (lambda: callbacks.rts(10, grad_scale=1.0), "grad_scale"),
     (lambda: callbacks.rts(0), "epochs"),
     (lambda: callbacks.rts(10, timing=callbacks.GradNormVarianceTrigger(
