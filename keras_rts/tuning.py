@@ -348,6 +348,14 @@ class RTSHyperModel(keras_tuner.HyperModel):
             grad_scale=c.grad_scale, grad_scale_shape=c.grad_scale_shape,
             lr=c.lr or self.settings.lr, **fields)
 
+    def score(self, val_accuracy, cost_fraction):
+        """The objective: top-1, less `cost_weight · cost_fraction`; −1 for a
+        trial above `max_cost_fraction` of PUGD's gradient evaluations."""
+        if (self.max_cost_fraction is not None
+                and cost_fraction > self.max_cost_fraction):
+            return -1.0
+        return val_accuracy - self.cost_weight * cost_fraction
+
     def _steps(self):
         return experiment.steps_per_epoch(self.settings)
 
@@ -387,10 +395,7 @@ class RTSHyperModel(keras_tuner.HyperModel):
         _, val_accuracy = model.evaluate(validation, verbose=0)
         grad_evals = int(model.grad_evals.numpy())
         cost_fraction = grad_evals / (2 * self._steps() * epochs)
-        score = val_accuracy - self.cost_weight * cost_fraction
-        if (self.max_cost_fraction is not None
-                and cost_fraction > self.max_cost_fraction):
-            score = -1.0
+        score = self.score(val_accuracy, cost_fraction)
         return {
             "score": float(score),
             "val_accuracy": float(val_accuracy),

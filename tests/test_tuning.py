@@ -290,3 +290,12 @@ def test_tune_bad_flags_are_one_line_before_anything_is_written(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tune.py: error: " + flag)
     assert not out.exists()
+
+
+def test_score_bounds_or_trades_the_cost(tfds_dir):
+    bounded = tuning.RTSHyperModel(_settings(tfds_dir), 256,
+                                   max_cost_fraction=0.625)
+    assert bounded.score(0.71, 0.625) == 0.71
+    assert bounded.score(0.75, 0.626) == -1.0
+    traded = tuning.RTSHyperModel(_settings(tfds_dir), 256, cost_weight=0.1)
+    assert traded.score(0.71, 0.6) == pytest.approx(0.71 - 0.06)
