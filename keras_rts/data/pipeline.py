@@ -92,7 +92,8 @@ def image_pipeline(dataset, *, mean, std, batch_size, training, seed=0,
     """
     _check_int("batch_size", batch_size, 1)
     _check_int("seed", seed, None)
-    side = min(dataset.element_spec[0].shape[:2], default=None)
+    known = [d for d in dataset.element_spec[0].shape[:2] if d is not None]
+    side = min(known) if known else None
     _check_int("cutout", cutout, 0)
     if cutout and side is not None and cutout >= side:
         raise ValueError(
