@@ -87,17 +87,16 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the search in --output-dir and start "
                         "over")
-    parser.add_argument("--max-cost-fraction", type=float, default=None,
+    parser.add_argument("--max-cost-fraction",
+                        type=experiment.positive_float, default=None,
                         help="score −1 for trials costing more than this "
-                        "fraction of PUGD's gradient evaluations")
-    parser.add_argument("--cost-weight", type=float, default=0.0,
-                        help="score = top-1 − cost_weight · cost fraction")
+                        "fraction of PUGD's gradient evaluations (> 0)")
+    parser.add_argument("--cost-weight", type=experiment.non_negative_float,
+                        default=0.0, help="score = top-1 − cost_weight · "
+                        "cost fraction (default: 0)")
     _space_flags(parser)
     args = parser.parse_args(argv)
     settings = experiment.settings_from_args(args)
-    validation = settings.validation_examples or max(
-        settings.batch_size,
-        data.train_size(settings.dataset, settings.data_dir) // 10)
     space_args = {f.name: getattr(args, "search_" + f.name)
                   for f in dataclasses.fields(tuning.SearchSpace)}
     try:
@@ -108,6 +107,9 @@ def main(argv=None):
         field = str(e).split()[0].rstrip(":")
         parser.error(f"--search-{field.replace('_', '-')}: {e}")
     with experiment.flag_errors(parser):
+        validation = settings.validation_examples or max(
+            settings.batch_size,
+            data.train_size(settings.dataset, settings.data_dir) // 10)
         experiment.check_data(dataclasses.replace(
             settings, validation_examples=validation))
         hypermodel = tuning.RTSHyperModel(

@@ -159,6 +159,8 @@ def test_compare_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
     (["--epochs", "abc"], "--epochs"),
     (["--method", "sam"], "--method"),
     (["--train-examples", "60000"], "--train-examples"),
+    (["--max-cost-fraction", "-1"], "--max-cost-fraction"),
+    (["--cost-weight", "nan"], "--cost-weight"),
 ])
 def test_tune_refuses_bad_flags_in_one_line(flags, flag, tfds_dir, tmp_path,
                                             capsys):

@@ -19,7 +19,8 @@ from keras_rts.experiment.cli import (argument_parser, main,
                                       settings_from_args, settings_to_flags)
 from keras_rts.experiment.flags import (FLAG_TYPES, RecipeParser, flag_error,
                                         flag_errors, non_negative_float,
-                                        non_negative_int, positive_int,
+                                        non_negative_int, positive_float,
+                                        positive_int,
                                         verbosity)
 from keras_rts.experiment.run import check_run, read_history, run, versions
 from keras_rts.experiment.settings import (BASE_METHODS, LOCATION_FIELDS,
@@ -35,7 +36,8 @@ __all__ = [
     "Settings", "argument_parser", "check_data", "check_run",
     "compile_model", "datasets", "flag_error", "flag_errors",
     "learning_rate", "load_settings", "main", "make_strategy",
-    "method_plan", "non_negative_float", "non_negative_int", "positive_int",
+    "method_plan", "non_negative_float", "non_negative_int",
+    "positive_float", "positive_int",
     "read_history", "run", "settings_differences", "settings_from_args",
     "settings_to_flags", "steps_per_epoch", "unused_flags", "validate",
     "verbosity",

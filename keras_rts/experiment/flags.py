@@ -77,6 +77,7 @@ non_negative_int = _number(int, minimum=0)
 
 
 non_negative_float = _number(float, minimum=0)
+positive_float = _number(float, minimum=0, low_open=True)
 
 
 def verbosity(text):
@@ -92,7 +93,7 @@ def verbosity(text):
 FLAG_TYPES = {
     "epochs": positive_int, "batch_size": positive_int,
     "seed": _number(int, minimum=0, maximum=2**32 - 1),
-    "lr": _number(float, minimum=0, low_open=True),
+    "lr": positive_float,
     "momentum": _number(float, minimum=0, maximum=1, high_open=True),
     "weight_decay": non_negative_float,
     "train_examples": positive_int, "test_examples": positive_int,
