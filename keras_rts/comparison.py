@@ -186,8 +186,7 @@ def table(aggregates):
     header += [f"Δ final vs {b} (pp)" for b in bases]
     header += [f"Δ best vs {b} (pp)" for b in bases]
     header += ["final top-1 verdict"]
-    accuracy = ["| " + " | ".join(header) + " |",
-                "|" + "---|" * len(header)]
+    rows = []
     for method, a in aggregates.items():
         cells = [
             method,
@@ -202,20 +201,21 @@ def table(aggregates):
         cells.append(", ".join(
             reporting.verdict(a["difference"][b]["final_test_top1"], b)
             for b in bases if b != method) or "—")
-        accuracy.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    accuracy = reporting.markdown_table(header, rows)
 
     header = ["method", "gradient evaluations"]
     header += [f"evals ÷ {b}" for b in bases]
     header += ["CPU time (s)"] + [f"CPU time ÷ {b}" for b in bases]
     header += ["wall time (s)"] + [f"wall time ÷ {b}" for b in bases]
-    cost = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for method, a in aggregates.items():
         cells = [method]
         for key in COSTS_IN_TABLE:
             cells.append(f"{a[key]['mean']:.0f}")
             cells += [f"{a['relative_cost'][b][key]:.2f}" for b in bases]
-        cost.append("| " + " | ".join(cells) + " |")
-    return "\n".join(accuracy) + "\n\n" + "\n".join(cost)
+        rows.append(cells)
+    return accuracy + "\n\n" + reporting.markdown_table(header, rows)
 
 
 def _curves(output_dir, methods, seeds):
