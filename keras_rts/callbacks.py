@@ -40,6 +40,18 @@ def _check_rts_model(callback, model):
         )
 
 
+def _check_one_step_per_call(callback, model):
+    """Per-step callbacks see every step only with `steps_per_execution=1`."""
+    steps = getattr(model, "steps_per_execution", 1)
+    if steps != 1:
+        raise ValueError(
+            f"{type(callback).__name__} acts between steps, but compile("
+            f"steps_per_execution={steps}) runs {steps} steps per call "
+            "without callbacks between them: compile with "
+            "steps_per_execution=1, or use per-epoch schedules and "
+            "perturb_every=1.")
+
+
 def _check_int(name, value, minimum=0):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
         value < minimum
@@ -125,6 +137,8 @@ class _VariableScheduler(keras.callbacks.Callback):
                 f"{type(self).__name__}(per_step=True) needs a known number "
                 "of steps per epoch: pass steps_per_epoch to fit()."
             )
+        if self.per_step:
+            _check_one_step_per_call(self, self.model)
         # Check the schedule before any step is taken (chained through
         # the values it gives, for `f(t, current)`).
         current = self._current()
@@ -225,11 +239,13 @@ class _Trigger(keras.callbacks.Callback):
                     "calls; otherwise give both the same number.",
                     stacklevel=2)
         self._check_epochs(self.epochs or fit_epochs)
-        if self.perturb_every > 1 and not self.params.get("steps"):
-            raise ValueError(
-                f"{type(self).__name__}(perturb_every={self.perturb_every}) "
-                "needs a known number of steps per epoch: pass "
-                "steps_per_epoch to fit().")
+        if self.perturb_every > 1:
+            if not self.params.get("steps"):
+                raise ValueError(
+                    f"{type(self).__name__}(perturb_every="
+                    f"{self.perturb_every}) needs a known number of steps "
+                    "per epoch: pass steps_per_epoch to fit().")
+            _check_one_step_per_call(self, self.model)
 
     def _check_epochs(self, epochs):
         pass

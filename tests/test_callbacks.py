@@ -540,3 +540,17 @@ def test_progress_bar_shows_the_counters_once_per_epoch(capsys):
     assert out.count("radius") > 2  # measured values on every update
     history = _fit(_model(), 2)
     assert history.history["grad_evals"] == [2 * STEPS, 4 * STEPS]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: callbacks.PerturbationWindow(start_epoch=0, perturb_every=2),
+    lambda: callbacks.RadiusScheduler(lambda t: 1.0, per_step=True),
+])
+def test_per_step_callbacks_refuse_several_steps_per_call(make):
+    model = keras_rts.RTSModel(_net(), method="pugd")
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True), steps_per_execution=2)
+    with pytest.raises(ValueError, match="steps_per_execution=2"):
+        _fit(model, 2, [make()])
+    assert int(model.grad_evals.numpy()) == 0
