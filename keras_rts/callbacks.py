@@ -250,6 +250,12 @@ class _Trigger(keras.callbacks.Callback):
     def _check_epochs(self, epochs):
         pass
 
+    def _set_epochs(self, epochs):
+        """Takes the run's length, if given, and checks against it now."""
+        if epochs is not None:
+            self.epochs = _check_int("epochs", epochs, minimum=1)
+            self._check_epochs(self.epochs)
+
     @property
     def perturb_start_epoch(self):
         """The epoch from which the perturbation is on, or `None`."""
@@ -334,9 +340,7 @@ class PerturbationWindow(_Trigger):
         self.start_epoch = start_epoch
         self.start_fraction = start_fraction
         self.end_epoch = end_epoch
-        if epochs is not None:
-            self.epochs = _check_int("epochs", epochs, minimum=1)
-            self._check_epochs(self.epochs)
+        self._set_epochs(epochs)
 
     def start(self, epochs):
         """The start epoch for a run of `epochs` epochs."""
@@ -473,9 +477,11 @@ class GradNormVarianceTrigger(_Trigger):
         k: how many recent steps the compared variance covers (at most
             `keras_rts.timing_state.GRAD_NORM_CAPACITY`).
         perturb_every: as for `PerturbationWindow`.
+        epochs: as for `PerturbationWindow`: the run's length, checked now.
     """
 
-    def __init__(self, t0=5, gamma=0.5, k=100, perturb_every=1):
+    def __init__(self, t0=5, gamma=0.5, k=100, perturb_every=1,
+                 epochs=None):
         super().__init__(perturb_every)
         self.t0 = _check_int("t0", t0)
         self.gamma = _check_positive("gamma", gamma)
@@ -485,6 +491,7 @@ class GradNormVarianceTrigger(_Trigger):
                 f"k must be at most {GRAD_NORM_CAPACITY} (the gradient norms "
                 f"kept), got {k}."
             )
+        self._set_epochs(epochs)
 
     def _check_epochs(self, epochs):
         if epochs is not None and self.t0 >= epochs - 1:
@@ -525,16 +532,18 @@ class GeneralizationGapTrigger(_Trigger):
         mu: factor of the base.
         t: check every `t` epochs after the first `xi`.
         perturb_every: as for `PerturbationWindow`.
+        epochs: as for `PerturbationWindow`: the run's length, checked now.
 
     With `keras_rts.RTSModel.fit`, a call without validation data, or with
     `validation_freq` other than 1, is refused before the first step.
     """
 
-    def __init__(self, xi=5, mu=2.0, t=1, perturb_every=1):
+    def __init__(self, xi=5, mu=2.0, t=1, perturb_every=1, epochs=None):
         super().__init__(perturb_every)
         self.xi = _check_int("xi", xi, minimum=1)
         self.mu = _check_positive("mu", mu)
         self.t = _check_int("t", t, minimum=1)
+        self._set_epochs(epochs)
 
     def _check_epochs(self, epochs):
         if epochs is not None and self.xi >= epochs:

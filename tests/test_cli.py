@@ -62,6 +62,13 @@ BAD_CIFAR = [
       "--epochs", "10"], "--lr-fraction"),
     (["--method", "t", "--start-epoch", "12", "--epochs", "10"],
      "--start-epoch"),
+    (["--method", "t", "--start-epoch", "2", "--start-fraction", "0.5"],
+     "--start-fraction"),
+    (["--method", "t", "--start-epoch", "6", "--end-epoch", "4"],
+     "--end-epoch"),
+    (["--method", "t", "--timing", "gap", "--gap-xi", "100"], "--gap-xi"),
+    (["--method", "rts", "--timing", "variance", "--variance-t0", "70",
+      "--epochs", "60"], "--variance-t0"),
     (["--method", "t", "--timing", "variance", "--variance-k", "1"],
      "--variance-k"),
     (["--sub-batch-size", "0"], "--sub-batch-size"),
@@ -105,8 +112,10 @@ def test_cifar_recipe_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("a user's file")
     out = tmp_path / "run"
-    argv = ["--preset", "cpu", "--output-dir", str(out)] + [
-        f.format(**paths) for f in flags]
+    # The real data by default (a later --data-dir wins): a flag that were
+    # not refused would train, not wait on a download.
+    argv = ["--preset", "cpu", "--data-dir", tfds_dir, "--output-dir",
+            str(out)] + [f.format(**paths) for f in flags]
     _refused(_cifar, argv, flag, capsys, os.path.basename(sys.argv[0]))
     assert not out.exists()
     assert not (tmp_path / "missing").exists()

@@ -14,7 +14,7 @@ from keras_rts.experiment.flags import flag_error
 
 
 def _trigger(s):
-    every = dict(perturb_every=s.perturb_every)
+    every = dict(perturb_every=s.perturb_every, epochs=s.epochs)
     if s.timing == "variance":
         return rts_callbacks.GradNormVarianceTrigger(
             t0=s.variance_t0, gamma=s.variance_gamma, k=s.variance_k, **every)
@@ -22,13 +22,12 @@ def _trigger(s):
         return rts_callbacks.GeneralizationGapTrigger(
             xi=s.gap_xi, mu=s.gap_mu, t=s.gap_t, **every)
     if s.timing == "lr":
-        return rts_callbacks.LearningRateTrigger(s.lr_fraction,
-                                                 epochs=s.epochs, **every)
+        return rts_callbacks.LearningRateTrigger(s.lr_fraction, **every)
     start_fraction = s.start_fraction
     if s.start_epoch is None and start_fraction is None:
         start_fraction = 0.5
     return rts_callbacks.PerturbationWindow(
-        s.start_epoch, start_fraction, s.end_epoch, epochs=s.epochs, **every)
+        s.start_epoch, start_fraction, s.end_epoch, **every)
 
 
 TRIGGER_FLAGS = {

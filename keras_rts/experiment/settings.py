@@ -360,6 +360,9 @@ def validate(settings, refuse_unused=True):
             if value is not None and not (math.isfinite(value)
                                           and value >= 0):
                 raise flag_error(name, f"must be finite and ≥ 0, got {value}")
+    if s.start_epoch is not None and s.start_fraction is not None:
+        raise flag_error("start_fraction", "give --start-epoch or "
+                         "--start-fraction, not both")
     if refuse_unused:
         for name in unused_flags(s):
             raise flag_error(name, f"{_why_unused(s, name)}: this run would "
