@@ -407,12 +407,10 @@ class LearningRateTrigger(PerturbationWindow):
             raise ValueError(
                 f"lr_fraction must be a number in (0, 1), got "
                 f"{lr_fraction!r}.")
+        _Trigger.__init__(self, perturb_every)  # no window bounds to check
         self.lr_fraction = float(lr_fraction)
-        super().__init__(start_epoch=0, epochs=None,
-                         perturb_every=perturb_every)
-        self.start_epoch = None
-        if epochs is not None:
-            self.epochs = _check_int("epochs", epochs, minimum=1)
+        self.start_epoch = self.start_fraction = self.end_epoch = None
+        self._set_epochs(epochs)
 
     def start(self, epochs):
         return self.lr_start_epoch(self.model, epochs, self.params["steps"])

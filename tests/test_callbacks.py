@@ -160,24 +160,26 @@ def test_window_with_end_and_fraction():
     assert history.history["grad_evals"][-1] == 6 * STEPS + 2 * STEPS
 
 
+def _traces(callback_list, epochs=5):
+    """How many times `train_step` is traced in a fit with the callbacks."""
+    count = []
+
+    class Counting(keras_rts.RTSModel):
+        def train_step(self, *args):
+            count.append(1)
+            return super().train_step(*args)
+
+    _fit(_model(model_class=Counting), epochs, callback_list)
+    return len(count)
+
+
 def test_switching_traces_each_phase_once():
-    def traces(callback_list):
-        count = []
-
-        class Counting(keras_rts.RTSModel):
-            def train_step(self, *args):
-                count.append(1)
-                return super().train_step(*args)
-
-        _fit(_model(model_class=Counting), 5, callback_list)
-        return len(count)
-
-    one_phase = traces([])
+    one_phase = _traces([])
     # Off, then on: each phase is traced once, whatever the schedules do.
-    assert traces(callbacks.rts(5, start_epoch=2)) == traces(
+    assert _traces(callbacks.rts(5, start_epoch=2)) == _traces(
         callbacks.rts(5, start_epoch=3, radius=(1.0, 0.5),
                       grad_scale=(0.0, 2.0), steps_per_epoch=STEPS))
-    assert traces(callbacks.rts(5, start_epoch=2)) <= 2 * one_phase
+    assert _traces(callbacks.rts(5, start_epoch=2)) <= 2 * one_phase
 
 
 @pytest.mark.parametrize("make, match", [
@@ -377,20 +379,10 @@ def test_interval_within_a_window_counts_from_the_global_step():
 
 
 def test_interval_mode_traces_each_phase_once():
-    count = []
-
-    class Counting(keras_rts.RTSModel):
-        def train_step(self, *args):
-            count.append(1)
-            return super().train_step(*args)
-
-    _fit(_model(model_class=Counting), 3, callbacks.rts(3, start_epoch=1))
-    two_phases = len(count)
-    count.clear()
+    two_phases = _traces(callbacks.rts(3, start_epoch=1), epochs=3)
     # Switched at nearly every step: still each phase's function once.
-    _fit(_model(model_class=Counting), 3,
-         callbacks.rts(3, start_epoch=0, perturb_every=2))
-    assert len(count) == two_phases
+    assert _traces(callbacks.rts(3, start_epoch=0, perturb_every=2),
+                   epochs=3) == two_phases
 
 
 def _cosine_model(epochs, warmup=0):
