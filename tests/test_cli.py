@@ -227,3 +227,25 @@ def test_help_shows_each_default_once(capsys):
     assert "default: None" not in help_text
     for line in help_text.split("\n  --"):
         assert line.count("default") <= 1, line
+
+
+def test_settings_to_flags_gives_back_the_settings_from_numpy_values():
+    """A tuner's values are NumPy scalars; the command must read as flags
+    (repr(np.float64(x)) is "np.float64(x)", which no flag parses)."""
+    import dataclasses
+
+    import numpy as np
+
+    settings = experiment.Settings(
+        dataset="cifar10", method="rts", base_method="sam", epochs=60,
+        train_examples=5000, validation_examples=5000,
+        radius=(np.float64(0.123456789), np.float64(0.0123)),
+        radius_shape="linear", start_fraction=np.float64(0.7690027506839409),
+        perturb_every=np.int64(5), seed=np.int64(3))
+    flags = experiment.settings_to_flags(settings)
+    assert not any("np." in flag for flag in flags), flags
+    args = experiment.argument_parser("", run_flags=False).parse_args(flags)
+    back = experiment.settings_from_args(args)
+    for field in dataclasses.fields(experiment.Settings):
+        assert getattr(back, field.name) == getattr(settings, field.name), (
+            field.name)

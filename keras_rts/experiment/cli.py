@@ -106,8 +106,8 @@ def settings_to_flags(settings):
             flags.append(flag)
         elif isinstance(value, (tuple, list)):
             flags += [flag] + [repr(float(v)) for v in value]
-        else:
-            flags += [flag, repr(value) if isinstance(value, float)
+        else:  # float() first: repr(np.float64(x)) is "np.float64(x)"
+            flags += [flag, repr(float(value)) if isinstance(value, float)
                       else str(value)]
     return flags
 
