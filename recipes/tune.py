@@ -68,6 +68,23 @@ def write_trials(tuner, hypermodel, output_dir):
     return None, None
 
 
+def search_differences(saved, search):
+    """What a resumed search would change: the names of the differing
+    settings (`--flag`) and search options; where the data lives is not
+    one of them."""
+    # Settings newer than the saved search count as their defaults.
+    saved_settings = {**json.loads(json.dumps(dataclasses.asdict(
+        experiment.Settings()))), **saved.get("settings", {})}
+    changed = [
+        "--" + name.replace("_", "-")
+        for name, value in search["settings"].items()
+        if name not in experiment.LOCATION_FIELDS
+        and saved_settings.get(name) != value]
+    changed += [name for name in search
+                if name != "settings" and saved.get(name) != search[name]]
+    return changed
+
+
 def main(argv=None):
     parser = experiment.argument_parser(__doc__, exclude=NOT_SEARCH_FLAGS,
                                         run_flags=False)
@@ -129,18 +146,16 @@ def main(argv=None):
     search_path = os.path.join(args.output_dir, "search.json")
     if os.path.exists(search_path) and not args.overwrite:
         with open(search_path) as f:
-            saved = json.load(f)
-        # Settings newer than the search count as their defaults.
-        saved["settings"] = {**json.loads(json.dumps(dataclasses.asdict(
-            experiment.Settings()))), **saved.get("settings", {})}
-        if saved != search:
+            changed = search_differences(json.load(f), search)
+        if changed:
             parser.error(
                 f"--output-dir: {args.output_dir} holds a search with other "
-                "settings: pass --overwrite to start over, or choose "
-                "another folder.")
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(search_path, "w") as f:
-        json.dump(search, f, indent=2)
+                f"{', '.join(changed)}: pass --overwrite to start over, or "
+                "choose another folder.")
+    else:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(search_path, "w") as f:
+            json.dump(search, f, indent=2)
 
     tuner = tuning.make_tuner(
         args.tuner, hypermodel, args.output_dir, project_name="tuner",

@@ -249,3 +249,33 @@ def test_settings_to_flags_gives_back_the_settings_from_numpy_values():
     for field in dataclasses.fields(experiment.Settings):
         assert getattr(back, field.name) == getattr(settings, field.name), (
             field.name)
+
+
+def test_a_search_resumes_wherever_the_data_lives_and_names_what_changed():
+    import dataclasses
+    import json
+
+    tune = _script("tune")
+    settings = experiment.Settings(dataset="cifar10", method="rts",
+                                   data_dir="../shared/datasets/tfds")
+    saved = json.loads(json.dumps({
+        "settings": dataclasses.asdict(settings), "tuner": "bayesian",
+        "initial_points": 10}))
+    del saved["settings"]["label_noise"]  # a search older than the flag
+
+    def search(**changes):
+        tuner = changes.pop("tuner", "bayesian")
+        return json.loads(json.dumps({
+            "settings": dataclasses.asdict(
+                dataclasses.replace(settings, **changes)),
+            "tuner": tuner, "initial_points": 10}))
+
+    assert tune.search_differences(saved, search()) == []
+    assert tune.search_differences(
+        saved, search(data_dir="/work/shared/datasets/tfds")) == []
+    assert tune.search_differences(saved, search(lr=0.05, epochs=3)) == [
+        "--epochs", "--lr"]
+    assert tune.search_differences(saved, search(tuner="random")) == [
+        "tuner"]
+    assert tune.search_differences(saved, search(label_noise=0.2)) == [
+        "--label-noise"]
