@@ -69,20 +69,21 @@ def write_trials(tuner, hypermodel, output_dir):
 
 
 def search_differences(saved, search):
-    """What a resumed search would change: the names of the differing
-    settings (`--flag`) and search options; where the data lives is not
-    one of them."""
+    """What a resumed search would change: the flags of the differing
+    settings, space bounds (`--search-…`) and search options; where the
+    data lives is not one of them."""
     # Settings newer than the saved search count as their defaults.
     saved_settings = {**json.loads(json.dumps(dataclasses.asdict(
         experiment.Settings()))), **saved.get("settings", {})}
-    changed = [
-        "--" + name.replace("_", "-")
-        for name, value in search["settings"].items()
-        if name not in experiment.LOCATION_FIELDS
-        and saved_settings.get(name) != value]
-    changed += [name for name in search
-                if name != "settings" and saved.get(name) != search[name]]
-    return changed
+    changed = [name for name, value in search["settings"].items()
+               if name not in experiment.LOCATION_FIELDS
+               and saved_settings.get(name) != value]
+    changed += ["search_" + name
+                for name, value in search.get("space", {}).items()
+                if saved.get("space", {}).get(name) != value]
+    changed += [name for name in search if name not in ("settings", "space")
+                and saved.get(name) != search[name]]
+    return ["--" + name.replace("_", "-") for name in changed]
 
 
 def main(argv=None):

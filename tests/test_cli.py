@@ -260,15 +260,17 @@ def test_a_search_resumes_wherever_the_data_lives_and_names_what_changed():
                                    data_dir="../shared/datasets/tfds")
     saved = json.loads(json.dumps({
         "settings": dataclasses.asdict(settings), "tuner": "bayesian",
-        "initial_points": 10}))
+        "initial_points": 10, "space": {"timings": ["fixed", "lr"]}}))
     del saved["settings"]["label_noise"]  # a search older than the flag
 
     def search(**changes):
         tuner = changes.pop("tuner", "bayesian")
+        timings = changes.pop("timings", ["fixed", "lr"])
         return json.loads(json.dumps({
             "settings": dataclasses.asdict(
                 dataclasses.replace(settings, **changes)),
-            "tuner": tuner, "initial_points": 10}))
+            "tuner": tuner, "initial_points": 10,
+            "space": {"timings": timings}}))
 
     assert tune.search_differences(saved, search()) == []
     assert tune.search_differences(
@@ -276,6 +278,8 @@ def test_a_search_resumes_wherever_the_data_lives_and_names_what_changed():
     assert tune.search_differences(saved, search(lr=0.05, epochs=3)) == [
         "--epochs", "--lr"]
     assert tune.search_differences(saved, search(tuner="random")) == [
-        "tuner"]
+        "--tuner"]
+    assert tune.search_differences(saved, search(timings=["lr"])) == [
+        "--search-timings"]
     assert tune.search_differences(saved, search(label_noise=0.2)) == [
         "--label-noise"]

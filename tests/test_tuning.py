@@ -273,7 +273,7 @@ def test_tune_recipe_end_to_end_best_command_reproduces_its_objective(
     changed = _tune(tfds_dir, out, "--tuner", "bayesian", "--max-trials", "4",
                     "--lr", "0.05", *SMALL_FLAGS)
     assert changed.returncode == 2 and "--overwrite" in changed.stderr
-    assert "other --lr:" in changed.stderr, changed.stderr
+    assert "other --lr, --initial-points:" in changed.stderr, changed.stderr
 
 
 @pytest.mark.parametrize("flags, flag", [
