@@ -2,7 +2,8 @@
 
 `compare(settings, methods, seeds, output_dir)` trains every method × seed
 with one recipe configuration (`keras_rts.experiment.Settings`), each run in
-`output_dir/runs/<method>_seed<seed>/`. A finished run is reused, an
+`output_dir/runs/<method>_seed<seed>/`; `compare_arms` does the same for
+named configurations that are not one method each (a search's trials). A finished run is reused, an
 unfinished one resumed, so the comparison can be stopped and continued.
 Then it writes, from the runs' own `summary.json` and `history.csv`:
 
@@ -47,61 +48,89 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None,
             same runs (e.g. more seeds of some methods).
 
     Returns:
-        The results (also written to `results.json`).
+        The results (also written to `<name>.json`).
 
     Raises:
         ValueError: bad settings, or run folders made with other settings
             (they would be reused as if they were the runs asked for).
     """
-    runs = check(settings, methods, seeds, output_dir)
-    for (method, seed), wanted in runs.items():
-        folder = run_dir(output_dir, method, seed)
+    return compare_arms(check(settings, methods, seeds, output_dir), seeds,
+                        output_dir, verbose, command, name)
+
+
+def compare_arms(arms, seeds, output_dir, verbose=2, command=None,
+                 name="results"):
+    """`compare` of named configurations: `{name: Settings}`.
+
+    The arms need not share a method's defaults: e.g. a search's best
+    trials beside SGD (`keras_rts.tuning.confirmation_arms`). An arm named
+    `sgd` or `pugd` is the base of the table's differences.
+    """
+    for (arm, seed), wanted in check_arms(arms, seeds, output_dir).items():
+        folder = run_dir(output_dir, arm, seed)
         if os.path.exists(os.path.join(folder, "summary.json")):
             continue
         experiment.run(
             wanted, output_dir=folder,
             resume=os.path.exists(os.path.join(folder, "settings.json")),
             verbose=verbose)
-    return write_results(output_dir, methods, seeds, command, name)
+    return write_results(output_dir, list(arms), seeds, command, name)
 
 
 def check(settings, methods, seeds, output_dir):
-    """Checks a comparison before any work; returns its runs' settings.
+    """Checks a comparison of methods before any work; returns its arms.
 
     Returns:
-        `{(method, seed): Settings}`, seed-major (runs of one seed
-        together, so a stopped comparison is balanced across methods).
+        `{method: Settings}` (each method with `settings`).
 
     Raises:
         ValueError: naming the flag — bad settings for a method, repeated
-            methods or seeds, data that is not there, or run folders made
-            with other settings (they would be reused as if they were the
-            runs asked for).
+            methods or seeds, a flag none of the methods uses, data that is
+            not there, or run folders made with other settings (they would
+            be reused as if they were the runs asked for).
     """
-    for flag, values in (("methods", methods), ("seeds", seeds)):
-        if len(set(values)) != len(values):
-            raise ValueError(f"--{flag}: {list(values)} repeats a value: a "
-                             "run would count twice.")
-    runs = {(m, s): dataclasses.replace(settings, method=m, seed=s)
-            for s in seeds for m in methods}
-    stale = []
-    unused = None
-    for (method, seed), wanted in runs.items():
-        experiment.validate(wanted, refuse_unused=False)
-        ignored = set(experiment.unused_flags(wanted))
-        unused = ignored if unused is None else unused & ignored
-        folder = run_dir(output_dir, method, seed)
-        if os.path.exists(os.path.join(folder, "settings.json")):
-            changed = experiment.settings_differences(
-                experiment.load_settings(folder), wanted)
-            if changed:
-                stale.append(f"{folder} ({', '.join(changed)})")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods: {list(methods)} repeats a value: a "
+                         "run would count twice.")
+    arms = {m: dataclasses.replace(settings, method=m) for m in methods}
+    unused = set.intersection(*(set(experiment.unused_flags(wanted))
+                                for wanted in arms.values()))
     if unused:
         name = sorted(unused)[0]
         raise ValueError(f"--{name.replace('_', '-')}: none of the methods "
                          f"{list(methods)} uses it: every run would ignore "
                          "it.")
-    experiment.check_data(settings)
+    check_arms(arms, seeds, output_dir)
+    return arms
+
+
+def check_arms(arms, seeds, output_dir):
+    """Checks named configurations × seeds before any work.
+
+    Returns:
+        `{(arm, seed): Settings}`, seed-major (runs of one seed together,
+        so a stopped comparison is balanced across arms).
+
+    Raises:
+        ValueError: bad settings, repeated seeds, data that is not there,
+            or run folders made with other settings.
+    """
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: {list(seeds)} repeats a value: a run "
+                         "would count twice.")
+    runs = {(arm, s): dataclasses.replace(settings, seed=s)
+            for s in seeds for arm, settings in arms.items()}
+    stale = []
+    for (arm, seed), wanted in runs.items():
+        experiment.validate(wanted, refuse_unused=False)
+        folder = run_dir(output_dir, arm, seed)
+        if os.path.exists(os.path.join(folder, "settings.json")):
+            changed = experiment.settings_differences(
+                experiment.load_settings(folder), wanted)
+            if changed:
+                stale.append(f"{folder} ({', '.join(changed)})")
+    for settings in {s.dataset: s for s in arms.values()}.values():
+        experiment.check_data(settings)
     if stale:
         raise ValueError(
             "--output-dir: these runs were made with other settings than "

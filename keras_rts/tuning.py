@@ -474,6 +474,29 @@ def trials_table(tuner):
                   else r["score"], reverse=True)
 
 
+def confirmation_arms(hypermodel, tuner, top=3):
+    """SGD and the search's `top` best trials, to be re-run with new seeds.
+
+    A trial's validation score is one seed's, and the best of many trials
+    is the luckiest as much as the best (a 5,000-image score alone has a
+    standard error of about 0.6 points). Re-run with seeds the search did
+    not use, on the same held-out split, beside SGD, the trials' means are
+    unbiased: that is what one is chosen by.
+
+    Returns:
+        `{"sgd": Settings, "trial_<id>": Settings, …}` for
+        `keras_rts.comparison.compare_arms`; trials that scored −1 (over
+        the cost bound) are not among them.
+    """
+    arms = {"sgd": dataclasses.replace(
+        hypermodel.settings, method="sgd", base_method=None)}
+    for trial in tuner.oracle.get_best_trials(top):
+        if trial.score is not None and trial.score > -1:
+            arms[f"trial_{trial.trial_id}"] = hypermodel.trial_settings(
+                trial.hyperparameters)
+    return arms
+
+
 def recipe_command(settings):
     """The training-recipe command line that reproduces `settings`."""
     script = ("recipes/tiny_imagenet.py" if settings.dataset == "tiny_imagenet"

@@ -13,19 +13,24 @@ each trial on --validation-examples training images held out of training.
 Writes the tuner's project (<output-dir>/tuner), search.json (the search's
 settings), and after every trial trials.csv and trials.md (best first) and
 best_command.txt: the training-recipe command that reproduces the best
-trial. Re-running the same command continues the search; --overwrite starts
-over.
+trial. With --confirm-seeds, SGD and the --confirm-top best trials are then
+re-run with those seeds on the same validation split (confirmation/, a
+comparison's folder): a trial is chosen by its mean there, not by the score
+it was picked for. Re-running the same command continues the search and
+the confirmation; --overwrite starts the search over.
 """
 
 import dataclasses
 import json
 import os
+import shlex
+import sys
 
 import _startup
 
 _startup.quiet_start()
 
-from keras_rts import data, experiment, tuning
+from keras_rts import comparison, data, experiment, tuning
 from keras_rts.reporting import write_table
 NOT_SEARCH_FLAGS = (
     "method", "base_method", "radius", "radius_shape", "grad_scale",
@@ -112,9 +117,27 @@ def main(argv=None):
     parser.add_argument("--cost-weight", type=experiment.non_negative_float,
                         default=0.0, help="score = top-1 − cost_weight · "
                         "cost fraction (default: 0)")
+    parser.add_argument("--confirm-seeds", nargs="+", default=None,
+                        type=experiment.FLAG_TYPES["seed"], metavar="SEED",
+                        help="after the search, re-run SGD and the best "
+                        "trials with these seeds (not the search's) on the "
+                        "same validation split: confirmation/results.md")
+    parser.add_argument("--confirm-top", type=experiment.positive_int,
+                        default=None, help="with --confirm-seeds: how many "
+                        "of the best trials (default: 3)")
     _space_flags(parser)
     args = parser.parse_args(argv)
     settings = experiment.settings_from_args(args)
+    if args.confirm_top is not None and args.confirm_seeds is None:
+        parser.error("--confirm-top: the trials are re-run only with "
+                     "--confirm-seeds.")
+    if args.confirm_seeds is not None and (
+            settings.seed in args.confirm_seeds
+            or len(set(args.confirm_seeds)) != len(args.confirm_seeds)):
+        parser.error(f"--confirm-seeds: {args.confirm_seeds} must be "
+                     f"distinct and other than the search's --seed "
+                     f"{settings.seed}: a trial's score on its own seed is "
+                     "the one the search chose it by.")
     space_args = {f.name: getattr(args, "search_" + f.name)
                   for f in dataclasses.fields(tuning.SearchSpace)}
     try:
@@ -135,6 +158,11 @@ def main(argv=None):
             max_cost_fraction=args.max_cost_fraction,
             cost_weight=args.cost_weight,
             verbose=args.verbose)
+        confirmation_dir = os.path.join(args.output_dir, "confirmation")
+        if args.confirm_seeds:  # the trials' folders are checked later
+            comparison.check_arms(
+                {"sgd": dataclasses.replace(settings, method="sgd")},
+                args.confirm_seeds, confirmation_dir)
     settings = hypermodel.settings
 
     search = {"settings": dataclasses.asdict(settings),
@@ -167,6 +195,14 @@ def main(argv=None):
     tuner.search()
     best, command = write_trials(tuner, hypermodel, args.output_dir)
     print(f"best trial {best.trial_id}: score {best.score:.4f}\n{command}")
+    if args.confirm_seeds:
+        results = comparison.compare_arms(
+            tuning.confirmation_arms(hypermodel, tuner,
+                                     args.confirm_top or 3),
+            args.confirm_seeds, confirmation_dir, verbose=args.verbose,
+            command="python recipes/tune.py " + shlex.join(
+                sys.argv[1:] if argv is None else argv))
+        print(comparison.table(results["aggregates"]))
 
 
 if __name__ == "__main__":

@@ -170,6 +170,11 @@ def test_compare_refuses_bad_flags_in_one_line(flags, flag, tfds_dir,
     (["--train-examples", "60000"], "--train-examples"),
     (["--max-cost-fraction", "-1"], "--max-cost-fraction"),
     (["--cost-weight", "nan"], "--cost-weight"),
+    (["--confirm-top", "2"], "--confirm-top"),
+    (["--confirm-seeds", "0", "1"], "--confirm-seeds"),  # the search's
+    (["--confirm-seeds", "1", "1"], "--confirm-seeds"),
+    (["--confirm-seeds", "-1"], "--confirm-seeds"),
+    (["--confirm-seeds", "1", "--confirm-top", "0"], "--confirm-top"),
 ])
 def test_tune_refuses_bad_flags_in_one_line(flags, flag, tfds_dir, tmp_path,
                                             capsys):

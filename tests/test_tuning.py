@@ -1,6 +1,7 @@
 """KerasTuner searches over the RTS controls: on small real data, and with
 a user's own HyperModel."""
 
+import dataclasses
 import json
 import math
 import os
@@ -275,22 +276,32 @@ def test_tune_recipe_end_to_end_best_command_reproduces_its_objective(
     assert changed.returncode == 2 and "--overwrite" in changed.stderr
     assert "other --lr, --initial-points:" in changed.stderr, changed.stderr
 
-
-@pytest.mark.parametrize("flags, flag", [
-    (("--max-trials", "0"), "--max-trials"),
-    (("--search-radius-decay", "0.5", "2.0"), "--search-radius-decay"),
-    (("--search-timings", "weekly"), "--search-timings"),
-    (("--epochs", "abc"), "--epochs"),
-    (("--method", "sam"), "--method"),  # the search chooses the method
-])
-def test_tune_bad_flags_are_one_line_before_anything_is_written(
-        flags, flag, tfds_dir, tmp_path):
-    out = tmp_path / "bad"
-    result = _tune(tfds_dir, str(out), *flags)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tune.py: error: " + flag)
-    assert not out.exists()
+    # The confirmation: SGD and the 2 best trials, re-run with a new seed
+    # on the same validation split, each trial exactly as its command.
+    confirmed = _tune(tfds_dir, out, "--tuner", "bayesian", "--max-trials",
+                      "4", "--initial-points", "2", *SMALL_FLAGS,
+                      "--confirm-seeds", "1", "--confirm-top", "2")
+    assert confirmed.returncode == 0, confirmed.stderr[-3000:]
+    with open(os.path.join(out, "trials.csv")) as f:
+        header = f.readline().strip().split(",")
+        scores = {"trial_" + row[header.index("trial_id")]:
+                  float(row[header.index("score")])
+                  for row in (line.strip().split(",") for line in f)}
+    with open(os.path.join(out, "confirmation", "results.json")) as f:
+        results = json.load(f)
+    assert results["methods"][0] == "sgd" and len(results["methods"]) == 3
+    second = sorted(scores.values())[-2]
+    assert all(scores[arm] >= second for arm in results["methods"][1:])
+    assert results["seeds"] == [1]
+    (sgd,), (best,) = (results["runs"][name] for name in results["methods"][:2])
+    assert sgd["settings"]["method"] == "sgd"
+    assert sgd["evaluated_on"] == best["evaluated_on"] == "validation"
+    with open(os.path.join(out, "best_command.txt")) as f:
+        best_flags = f.read().split()[2:]
+    parser = experiment.argument_parser("", run_flags=False)
+    assert best["settings"] == json.loads(json.dumps(dataclasses.replace(
+        experiment.settings_from_args(parser.parse_args(best_flags)),
+        seed=1).__dict__))
 
 
 def test_score_bounds_or_trades_the_cost(tfds_dir):
@@ -300,3 +311,32 @@ def test_score_bounds_or_trades_the_cost(tfds_dir):
     assert bounded.score(0.75, 0.626) == -1.0
     traded = tuning.RTSHyperModel(_settings(tfds_dir), 256, cost_weight=0.1)
     assert traded.score(0.71, 0.6) == pytest.approx(0.71 - 0.06)
+
+
+def test_confirmation_is_sgd_and_the_best_trials_within_the_cost_bound(
+        tfds_dir):
+    import types
+
+    hypermodel = tuning.RTSHyperModel(_settings(tfds_dir), 256,
+                                      max_cost_fraction=0.625)
+    trials = []
+    for trial_id, (base, score) in enumerate(
+            [("pugd", 0.70), ("sam", 0.72), ("pugd", -1.0), ("sam", 0.69)]):
+        hp = keras_tuner.HyperParameters()
+        hypermodel.declare_hyperparameters(hp)
+        hp.values["base_method"] = base
+        trials.append(types.SimpleNamespace(
+            trial_id=f"{trial_id:02d}", score=score, hyperparameters=hp))
+    tuner = types.SimpleNamespace(oracle=types.SimpleNamespace(
+        get_best_trials=lambda n: sorted(
+            trials, key=lambda t: -t.score)[:n]))
+
+    arms = tuning.confirmation_arms(hypermodel, tuner, top=4)
+    assert list(arms) == ["sgd", "trial_01", "trial_00", "trial_03"]
+    assert arms["sgd"].method == "sgd" and arms["sgd"].base_method is None
+    assert arms["trial_01"].base_method == "sam"
+    for settings in arms.values():  # the search's held-out split
+        assert settings.validation_examples == 256
+        assert settings.epochs == EPOCHS and settings.seed == 0
+    assert list(tuning.confirmation_arms(hypermodel, tuner, top=1)) == [
+        "sgd", "trial_01"]

@@ -33,10 +33,12 @@ python recipes/compare.py --methods sgd sam pugd rts --seeds 0 1 2 3 4 \
     --output-dir docs/results/cifar10_small_resnet_5k_60 \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
-# the RTS search on held-out training images (docs/tuning.md),
+# the RTS search on held-out training images, then SGD and its 3 best
+# trials re-run with seeds 1 and 2 on the same split (docs/tuning.md),
 python recipes/tune.py --dataset cifar10 --preset cpu --epochs 60 \
     --tuner bayesian --max-trials 30 --initial-points 10 \
     --validation-examples 5000 --max-cost-fraction 0.625 \
+    --confirm-seeds 1 2 --confirm-top 3 \
     --output-dir docs/tuning/cifar10_small_resnet_5k_60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
 # and symmetric label noise on the training labels.
