@@ -474,8 +474,8 @@ def trials_table(tuner):
                   else r["score"], reverse=True)
 
 
-def confirmation_arms(hypermodel, tuner, top=3):
-    """SGD and the search's `top` best trials, to be re-run with new seeds.
+def confirmation_arms(hypermodel, trials):
+    """SGD and a search's best trials, to be re-run with new seeds.
 
     A trial's validation score is one seed's, and the best of many trials
     is the luckiest as much as the best (a 5,000-image score alone has a
@@ -483,14 +483,18 @@ def confirmation_arms(hypermodel, tuner, top=3):
     not use, on the same held-out split, beside SGD, the trials' means are
     unbiased: that is what one is chosen by.
 
+    Args:
+        hypermodel: the search's `RTSHyperModel`.
+        trials: KerasTuner trials, e.g. `tuner.oracle.get_best_trials(3)`;
+            those that scored −1 (over the cost bound) are left out.
+
     Returns:
         `{"sgd": Settings, "trial_<id>": Settings, …}` for
-        `keras_rts.comparison.compare_arms`; trials that scored −1 (over
-        the cost bound) are not among them.
+        `keras_rts.comparison.compare_arms`.
     """
     arms = {"sgd": dataclasses.replace(
         hypermodel.settings, method="sgd", base_method=None)}
-    for trial in tuner.oracle.get_best_trials(top):
+    for trial in trials:
         if trial.score is not None and trial.score > -1:
             arms[f"trial_{trial.trial_id}"] = hypermodel.trial_settings(
                 trial.hyperparameters)

@@ -159,10 +159,9 @@ def main(argv=None):
             cost_weight=args.cost_weight,
             verbose=args.verbose)
         confirmation_dir = os.path.join(args.output_dir, "confirmation")
-        if args.confirm_seeds:  # the trials' folders are checked later
-            comparison.check_arms(
-                {"sgd": dataclasses.replace(settings, method="sgd")},
-                args.confirm_seeds, confirmation_dir)
+        if args.confirm_seeds:  # the trials' runs are checked once known
+            comparison.check_arms(tuning.confirmation_arms(hypermodel, []),
+                                  args.confirm_seeds, confirmation_dir)
     settings = hypermodel.settings
 
     search = {"settings": dataclasses.asdict(settings),
@@ -197,8 +196,8 @@ def main(argv=None):
     print(f"best trial {best.trial_id}: score {best.score:.4f}\n{command}")
     if args.confirm_seeds:
         results = comparison.compare_arms(
-            tuning.confirmation_arms(hypermodel, tuner,
-                                     args.confirm_top or 3),
+            tuning.confirmation_arms(hypermodel, tuner.oracle.get_best_trials(
+                args.confirm_top or 3)),
             args.confirm_seeds, confirmation_dir, verbose=args.verbose,
             command="python recipes/tune.py " + shlex.join(
                 sys.argv[1:] if argv is None else argv))

@@ -293,6 +293,10 @@ def test_tune_recipe_end_to_end_best_command_reproduces_its_objective(
     second = sorted(scores.values())[-2]
     assert all(scores[arm] >= second for arm in results["methods"][1:])
     assert results["seeds"] == [1]
+    again = _tune(tfds_dir, out, "--tuner", "bayesian", "--max-trials", "4",
+                  "--initial-points", "2", *SMALL_FLAGS,
+                  "--confirm-seeds", "1", "--confirm-top", "2")
+    assert again.returncode == 0, again.stderr[-3000:]  # reuses every run
     (sgd,), (best,) = (results["runs"][name] for name in results["methods"][:2])
     assert sgd["settings"]["method"] == "sgd"
     assert sgd["evaluated_on"] == best["evaluated_on"] == "validation"
@@ -327,16 +331,15 @@ def test_confirmation_is_sgd_and_the_best_trials_within_the_cost_bound(
         hp.values["base_method"] = base
         trials.append(types.SimpleNamespace(
             trial_id=f"{trial_id:02d}", score=score, hyperparameters=hp))
-    tuner = types.SimpleNamespace(oracle=types.SimpleNamespace(
-        get_best_trials=lambda n: sorted(
-            trials, key=lambda t: -t.score)[:n]))
+    best = sorted(trials, key=lambda t: -t.score)
 
-    arms = tuning.confirmation_arms(hypermodel, tuner, top=4)
+    arms = tuning.confirmation_arms(hypermodel, best)
     assert list(arms) == ["sgd", "trial_01", "trial_00", "trial_03"]
     assert arms["sgd"].method == "sgd" and arms["sgd"].base_method is None
     assert arms["trial_01"].base_method == "sam"
     for settings in arms.values():  # the search's held-out split
         assert settings.validation_examples == 256
         assert settings.epochs == EPOCHS and settings.seed == 0
-    assert list(tuning.confirmation_arms(hypermodel, tuner, top=1)) == [
+    assert list(tuning.confirmation_arms(hypermodel, best[:1])) == [
         "sgd", "trial_01"]
+    assert list(tuning.confirmation_arms(hypermodel, [])) == ["sgd"]
