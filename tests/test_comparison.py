@@ -153,7 +153,8 @@ def _check_results(folder, name="results"):
                                 ("wall time", "wall_time_seconds")):
                 assert float(row[f"{column} ÷ {base}"]) == pytest.approx(
                     a["relative_cost"][base][key], abs=0.006)
-    with open(os.path.join(folder, "comparison.png"), "rb") as f:
+    figure = "comparison.png" if name == "results" else name + ".png"
+    with open(os.path.join(folder, figure), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     return results
 
