@@ -265,6 +265,16 @@ def _curves(output_dir, methods, seeds):
     return curves
 
 
+def describe(settings):
+    """`cifar10, small_resnet, 5000 training images (40 % of their labels
+    noisy), 60 epochs`: what a table's runs share, from settings as a dict."""
+    noise = settings.get("label_noise") or 0
+    return (f"{settings['dataset']}, {settings['model']}, "
+            f"{settings['train_examples'] or 'all'} training images"
+            + (f" ({100 * noise:g} % of their labels noisy)" if noise else "")
+            + f", {settings['epochs']} epochs")
+
+
 def write_results(output_dir, methods, seeds, command=None, name="results"):
     """Writes `<name>.json`, `<name>.md` and the figure from the runs.
 
@@ -285,9 +295,7 @@ def write_results(output_dir, methods, seeds, command=None, name="results"):
     evaluated = runs[methods[0]][0].get("evaluated_on", "test")
     with open(os.path.join(output_dir, name + ".md"), "w") as f:
         f.write(
-            f"{shared['dataset']}, {shared['model']}, "
-            f"{shared['train_examples'] or 'all'} training images, "
-            f"{shared['epochs']} epochs, batch {shared['batch_size']}, "
+            f"{describe(shared)}, batch {shared['batch_size']}, "
             f"seeds {', '.join(map(str, seeds))}; top-1 on the {evaluated} "
             "set; mean ± std over seeds. Δ: the differences to SGD's and "
             "PUGD's runs of the same seed, mean [95 % interval] over seeds "
@@ -302,7 +310,5 @@ def write_results(output_dir, methods, seeds, command=None, name="results"):
         _curves(output_dir, methods, seeds),
         os.path.join(output_dir, "comparison.png" if name == "results"
                      else name + ".png"),
-        title=f"{shared['dataset']}, {shared['model']}, "
-        f"{shared['train_examples'] or 'all'} training images, "
-        f"{shared['epochs']} epochs, {len(seeds)} seed(s)")
+        title=f"{describe(shared)}, {len(seeds)} seed(s)")
     return results

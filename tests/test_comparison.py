@@ -329,3 +329,16 @@ def test_the_results_page_quotes_its_tables_from_the_committed_files():
     with open(page) as f:
         rows = [line.strip() for line in f if line.startswith("|")]
     assert [r for r in rows if r not in written] == []
+
+
+def test_a_tables_description_says_when_the_labels_are_noisy():
+    settings = dict(dataset="cifar10", model="small_resnet",
+                    train_examples=5000, epochs=60, label_noise=0.0)
+    assert comparison.describe(settings) == (
+        "cifar10, small_resnet, 5000 training images, 60 epochs")
+    assert comparison.describe(dict(settings, label_noise=0.4)) == (
+        "cifar10, small_resnet, 5000 training images (40 % of their labels "
+        "noisy), 60 epochs")
+    del settings["label_noise"]  # runs older than the flag
+    assert "noisy" not in comparison.describe(
+        dict(settings, train_examples=None))
