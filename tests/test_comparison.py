@@ -4,6 +4,7 @@ results recomputed from the runs' own files (no hand-edited numbers)."""
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -342,3 +343,33 @@ def test_a_tables_description_says_when_the_labels_are_noisy():
     del settings["label_noise"]  # runs older than the flag
     assert "noisy" not in comparison.describe(
         dict(settings, train_examples=None))
+
+
+GUIDE_SETTINGS = {"0.05", "0.4", "1.25", "1.5"}
+"""Numbers docs/guide.md states as settings or predictions (SAM's ρ, the
+label-noise fraction, the cost of a quarter or half of the steps
+perturbing), not measurements."""
+
+
+def _decimals(text):
+    return re.findall(r"\d+\.\d+", text)
+
+
+def test_every_measured_number_in_the_guide_is_read_from_a_committed_table():
+    """Each is a rounding of a number in a committed table (results,
+    run costs, benchmarks): regenerate a table, and a stale guide fails."""
+    tables = []
+    for folder in ("results", "benchmarks", "tuning"):
+        for path in glob.glob(os.path.join(ROOT, "docs", folder, "**", "*.md"),
+                              recursive=True):
+            if not path.endswith("README.md"):
+                with open(path) as f:
+                    tables += [float(x) for x in _decimals(f.read())]
+    tables = np.array(tables)
+    with open(os.path.join(ROOT, "docs", "guide.md")) as f:
+        guide = f.read()
+    for number in sorted(set(_decimals(guide)) - GUIDE_SETTINGS):
+        places = len(number.split(".")[1])
+        found = bool(np.any(np.abs(np.round(tables, places) - float(number))
+                            < 0.5 * 10.0 ** -(places + 3)))
+        assert found, f"{number} in docs/guide.md is in no committed table"
