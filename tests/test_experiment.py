@@ -257,7 +257,11 @@ def test_saved_settings_spell_out_the_method_defaults(tmp_path):
     assert resolved.radius == RECIPE_RADIUS["rts"]
     assert resolved.grad_scale == (1.0, 0.5)
     assert resolved.base_method == "pugd"
+    assert resolved.start_fraction == 0.5  # the switch at half the run
     assert experiment.Settings(method="pugd").resolved().grad_scale is None
+    for other in (dict(method="rts", start_epoch=3), dict(method="sam"),
+                  dict(method="rts", timing="lr")):
+        assert experiment.Settings(**other).resolved().start_fraction is None
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "settings.json").write_text(

@@ -23,11 +23,8 @@ def _trigger(s):
             xi=s.gap_xi, mu=s.gap_mu, t=s.gap_t, **every)
     if s.timing == "lr":
         return rts_callbacks.LearningRateTrigger(s.lr_fraction, **every)
-    start_fraction = s.start_fraction
-    if s.start_epoch is None and start_fraction is None:
-        start_fraction = 0.5
     return rts_callbacks.PerturbationWindow(
-        s.start_epoch, start_fraction, s.end_epoch, **every)
+        s.start_epoch, s.method_start_fraction(), s.end_epoch, **every)
 
 
 TRIGGER_FLAGS = {

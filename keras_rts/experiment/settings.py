@@ -196,21 +196,31 @@ class Settings:
             return tuple(self.grad_scale)
         return self.recipe_method.grad_scale or (None,)  # the step's own λ
 
+    def method_start_fraction(self):
+        """The fixed timing's start: as given, else half the run unless a
+        start epoch is given."""
+        if self.start_fraction is None and self.start_epoch is None:
+            return 0.5
+        return self.start_fraction
+
     def resolved(self):
         """These settings with the method's defaults filled in.
 
         Returns:
-            A copy whose `radius` (and, for `s`/`rts`, `grad_scale`, and
-            for the controlled methods `base_method`) are the values the
-            run uses, so that a saved run does not change meaning when a
-            default does. λ stays `None` for the other methods: their λ is
-            the method's own (SPEC §1).
+            A copy whose `radius` (and, for `s`/`rts`, `grad_scale`, for
+            the controlled methods `base_method`, and for a fixed timing
+            its start) are the values the run uses, so that a saved run
+            does not change meaning when a default does. λ stays `None`
+            for the other methods: their λ is the method's own (SPEC §1).
         """
         grad_scale = self.method_grad_scale()
+        fixed = self.recipe_method.takes("t") and self.timing == "fixed"
         return dataclasses.replace(
             self, radius=self.method_radius(),
             grad_scale=None if grad_scale == (None,) else grad_scale,
-            base_method=None if self.recipe_method.step else self.step)
+            base_method=None if self.recipe_method.step else self.step,
+            start_fraction=(self.method_start_fraction() if fixed
+                            else self.start_fraction))
 
 
 LOCATION_FIELDS = ("data_dir",)
