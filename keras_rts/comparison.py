@@ -3,8 +3,9 @@
 `compare(settings, methods, seeds, output_dir)` trains every method × seed
 with one recipe configuration (`keras_rts.experiment.Settings`), each run in
 `output_dir/runs/<method>_seed<seed>/`; `compare_arms` does the same for
-named configurations that are not one method each (a search's trials). A finished run is reused, an
-unfinished one resumed, so the comparison can be stopped and continued.
+named configurations that are not one method each (a search's trials). A
+finished run is reused, an unfinished one resumed, so the comparison can be
+stopped and continued.
 Then it writes, from the runs' own `summary.json` and `history.csv`:
 
 - `results.json`: every run's summary and each method's aggregate;
