@@ -357,7 +357,8 @@ def _decimals(text):
 
 def test_every_measured_number_in_the_guide_is_read_from_a_committed_table():
     """Each is a rounding of a number in a committed table (results,
-    run costs, benchmarks): regenerate a table, and a stale guide fails."""
+    run costs, benchmarks, search trials): regenerate a table, and a stale
+    guide fails."""
     tables = []
     for folder in ("results", "benchmarks", "tuning"):
         for path in glob.glob(os.path.join(ROOT, "docs", folder, "**", "*.md"),
