@@ -456,7 +456,7 @@ def make_tuner(kind, hypermodel, directory, project_name="rts",
 
 
 def trials_table(tuner):
-    """Every trial's hyperparameters and metrics, best first.
+    """Every trial's hyperparameters and metrics, best first (ties by id).
 
     Returns:
         A list of dicts: `trial_id`, `status`, the hyperparameters, and
@@ -470,8 +470,8 @@ def trials_table(tuner):
             row[name] = (trial.metrics.get_last_value(name)
                          if trial.metrics.exists(name) else None)
         rows.append(row)
-    return sorted(rows, key=lambda r: -math.inf if r["score"] is None
-                  else r["score"], reverse=True)
+    return sorted(rows, key=lambda r: (
+        math.inf if r["score"] is None else -r["score"], r["trial_id"]))
 
 
 def confirmation_arms(hypermodel, trials):

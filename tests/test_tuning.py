@@ -347,3 +347,28 @@ def test_confirmation_is_sgd_and_the_best_trials_within_the_cost_bound(
     assert list(tuning.confirmation_arms(hypermodel, best[:1])) == [
         "sgd", "trial_01"]
     assert list(tuning.confirmation_arms(hypermodel, [])) == ["sgd"]
+
+
+def test_trials_table_is_best_first_ties_by_trial_id():
+    import types
+
+    from keras_tuner.engine.trial import Trial
+
+    def trial(trial_id, score):
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("base_method", "pugd")
+        t = Trial(hp, trial_id=trial_id, status="COMPLETED")
+        if score is not None:
+            t.metrics.register("score", direction="max")
+            t.metrics.update("score", score)
+        return t
+
+    scores = {"03": 0.70, "00": 0.71, "02": None, "01": 0.70, "04": 0.70}
+    # The oracle's own order (a dict) must not decide ties: try two orders.
+    for order in (list(scores), sorted(scores, reverse=True)):
+        tuner = types.SimpleNamespace(oracle=types.SimpleNamespace(
+            trials={i: trial(i, scores[i]) for i in order}))
+        rows = tuning.trials_table(tuner)
+        assert [r["trial_id"] for r in rows] == ["00", "01", "03", "04", "02"]
+        assert rows[0]["score"] == pytest.approx(0.71)
+        assert rows[-1]["score"] is None and rows[0]["base_method"] == "pugd"
