@@ -11,7 +11,7 @@ import sys
 import keras
 import pytest
 
-from keras_rts import callbacks, experiment
+from keras_rts import callbacks, directions, experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY_KEYS = {"method", "dataset", "seed", "settings", "final_test_top1",
@@ -278,3 +278,51 @@ def test_saved_settings_spell_out_the_method_defaults(tmp_path):
     (folder / "settings.json").write_text(json.dumps(dataclasses.asdict(s)))
     assert experiment.settings_differences(
         experiment.load_settings(str(folder)), resolved) == []
+
+
+CONFIRMATION = os.path.join(ROOT, "docs", "tuning", "cifar10_small_resnet_5k_60",
+                            "confirmation")
+
+
+def _epoch_by_epoch(settings):
+    """What a run does in each epoch, from its plan: the step, and per epoch
+    whether it perturbs, ρ and λ (the step's own λ spelt out)."""
+    kwargs, plan = experiment.method_plan(settings)
+    epochs = settings.epochs
+    own = directions.METHODS[kwargs["method"]].default_grad_scale
+    radius = [kwargs["radius"]] * epochs
+    grad_scale = [own if kwargs["grad_scale"] is None
+                  else kwargs["grad_scale"]] * epochs
+    perturbs = [True] * epochs
+    for c in plan:
+        if isinstance(c, callbacks.RadiusScheduler):
+            radius = [c.value(e) for e in range(epochs)]
+        elif isinstance(c, callbacks.GradScaleScheduler):
+            grad_scale = [c.value(e) for e in range(epochs)]
+        else:
+            assert type(c) is callbacks.PerturbationWindow
+            assert c.end_epoch is None and c.perturb_every == 1
+            perturbs = [e >= c.start(epochs) for e in range(epochs)]
+    return kwargs["method"], perturbs, radius, grad_scale
+
+
+def test_rts_searched_is_the_trial_the_confirmation_chose():
+    """The recipes' `rts_searched` trains as the searched trial with the best
+    mean over the confirmation's new seeds (docs/tuning.md)."""
+    with open(os.path.join(CONFIRMATION, "results.json")) as f:
+        confirmation = json.load(f)
+    means = {arm: a["final_test_top1"]["mean"]
+             for arm, a in confirmation["aggregates"].items()
+             if arm.startswith("trial_")}
+    chosen = max(means, key=means.get)
+    trial = experiment.load_settings(
+        os.path.join(CONFIRMATION, "runs", f"{chosen}_seed1"))
+    searched = dataclasses.replace(
+        trial, method="rts_searched", radius=None, grad_scale=None,
+        base_method=None, start_fraction=None, radius_shape="cosine",
+        grad_scale_shape="linear")
+    want = _epoch_by_epoch(trial)
+    got = _epoch_by_epoch(searched)
+    assert got[:2] == want[:2]  # the step, and the epochs it perturbs in
+    for values, wanted in zip(got[2:], want[2:]):  # ρ and λ, to 4 digits
+        assert values == pytest.approx(wanted, rel=1e-3)

@@ -36,6 +36,9 @@ class RecipeMethod:
             first and last for `r`.
         grad_scale: the default λ (first and last for `s`), or `None`
             for the step's own λ.
+        base_method: the controlled methods' step without `--base-method`.
+        start_fraction: the fixed timing's start, as a fraction of the
+            epochs, without `--start-fraction` or `--start-epoch`.
     """
 
     name: str
@@ -43,6 +46,8 @@ class RecipeMethod:
     controls: str
     radius: Tuple[float, ...] = (1.0,)
     grad_scale: Optional[Tuple[float, ...]] = None
+    base_method: str = "pugd"
+    start_fraction: float = 0.5
 
     def takes(self, control):
         return control in self.controls
@@ -59,6 +64,9 @@ METHODS = {m.name: m for m in (
     RecipeMethod("s", None, "s", grad_scale=(1.0, 0.5)),
     RecipeMethod("rts", None, "rts", radius=(3.0, 0.1),
                  grad_scale=(1.0, 0.5)),
+    RecipeMethod("rts_searched", None, "ts", radius=(3.972,),
+                 grad_scale=(0.03374, 0.4884), base_method="sam",
+                 start_fraction=0.813),
 )}
 """The recipes' methods: the steps of SPEC §1, and the R, T, S and RTS
 controls over a base step. Default ρ (in units of the step's own: SAM's
@@ -67,7 +75,13 @@ cosine from 1 down to 0.1, `rts` the cosine from 3 to 0.1, which has come
 down to 1.55 when `rts` switches to PUGD halfway (`r` perturbs from the
 first epoch, and from 3 it trained 4 points below PUGD on CIFAR-10; from 1
 it trains above, docs/results/README.md). Default λ for `s` and `rts`: from
-PUGD's 1 down to 0.5 over the run, as `keras_rts.callbacks.rts`."""
+PUGD's 1 down to 0.5 over the run, as `keras_rts.callbacks.rts`.
+
+`rts_searched` is the KerasTuner search's choice on held-out CIFAR-10
+training images (docs/tuning.md; trial 29, the best mean of the three best
+trials re-run with two new seeds): SAM's step from 0.813 of the run, ρ
+constant at 3.972 × SAM's 0.05, λ linear from 0.03374 to 0.4884 — 1.2×
+SGD's gradient evaluations."""
 
 
 BASE_METHODS = ("pugd", "sam", "asam")
@@ -100,7 +114,8 @@ class Settings:
     dataset: str = _field("cifar10", "dataset", choices=data_lib.DATASETS)
     method: str = _field("pugd", "training method", choices=tuple(METHODS))
     base_method: Optional[str] = _field(
-        None, "the step that r, t, s and rts control (default: pugd)",
+        None, "the step that r, t, s, rts and rts_searched control "
+        "(default: the method's; pugd, rts_searched sam)",
         choices=BASE_METHODS)
     model: str = _field("resnet18", "network", choices=models_lib.MODELS)
     epochs: int = _field(200, "epochs of the run")
@@ -131,17 +146,21 @@ class Settings:
     radius: Optional[Tuple[float, ...]] = _field(
         None, "ρ: one value, or first and last for methods r and rts "
         "(default by method: sam 0.05, asam 0.5, pugd 1; t and s the base "
-        "method's; r 1 0.1 and rts 3 0.1 times the base method's)",
+        "method's; r 1 0.1, rts 3 0.1 and rts_searched 3.972 times the base "
+        "method's)",
         nargs="+")
     radius_shape: str = _field("cosine", "shape of ρ for r and rts",
                                choices=schedules.SHAPES)
     grad_scale: Optional[Tuple[float, ...]] = _field(
         None, "λ: one value, or first and last for methods s and rts "
-        "(default: the method's λ; s/rts 1 0.5)", nargs="+")
-    grad_scale_shape: str = _field("linear", "shape of λ for s and rts",
-                                   choices=schedules.SHAPES)
+        "(default: the method's λ; s/rts 1 0.5, rts_searched 0.03374 "
+        "0.4884)", nargs="+")
+    grad_scale_shape: str = _field(
+        "linear", "shape of λ for s, rts and rts_searched",
+        choices=schedules.SHAPES)
     timing: str = _field(
-        "fixed", "trigger of the perturbation for t and rts: a fixed "
+        "fixed", "trigger of the perturbation for t, rts and rts_searched: a "
+        "fixed "
         "start, the learning rate (lr), the gradient-norm variance, the "
         "generalization gap", choices=TIMINGS)
     lr_fraction: float = _field(
@@ -151,8 +170,8 @@ class Settings:
         1, "take the method's step on every k-th step of the perturbing "
         "phase only, plain steps between (interval mode)")
     start_fraction: Optional[float] = _field(
-        None, "fixed timing: start as a fraction of the epochs (default: "
-        "0.5 without --start-epoch)")
+        None, "fixed timing: start as a fraction of the epochs (default "
+        "without --start-epoch: 0.5, rts_searched 0.813)")
     start_epoch: Optional[int] = _field(None, "fixed timing: start epoch")
     end_epoch: Optional[int] = _field(None, "fixed timing: end epoch")
     variance_t0: int = _field(5, "variance timing: epoch of the threshold")
@@ -183,7 +202,8 @@ class Settings:
     @property
     def step(self):
         """The `RTSModel` method of the run (the base method for r/t/s/rts)."""
-        return self.recipe_method.step or self.base_method or "pugd"
+        m = self.recipe_method
+        return m.step or self.base_method or m.base_method
 
     def method_radius(self):
         if self.radius:
@@ -197,10 +217,10 @@ class Settings:
         return self.recipe_method.grad_scale or (None,)  # the step's own λ
 
     def method_start_fraction(self):
-        """The fixed timing's start: as given, else half the run unless a
+        """The fixed timing's start: as given, else the method's unless a
         start epoch is given."""
         if self.start_fraction is None and self.start_epoch is None:
-            return 0.5
+            return self.recipe_method.start_fraction
         return self.start_fraction
 
     def resolved(self):
@@ -291,13 +311,22 @@ def unused_flags(settings):
                   if not used and getattr(s, name) != fields[name].default)
 
 
+def _taking(control):
+    return [m.name for m in METHODS.values() if m.takes(control)]
+
+
+def _listed(names):
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _why_unused(s, name):
     if name in ("radius", "grad_scale", "sub_batch_size", "perturbation"):
         return f"method {s.method} never perturbs"
     if name == "test_examples":
         return "--validation-examples evaluates on held-out training images"
     if name == "timing" or not s.recipe_method.takes("t"):
-        return f"method {s.method} has no timing (t and rts do)"
+        return (f"method {s.method} has no timing "
+                f"({_listed(_taking('t'))} do)")
     if name in ("radius_shape", "grad_scale_shape"):
         return f"method {s.method} does not schedule it"
     return f"it is not a parameter of --timing {s.timing}"
@@ -322,8 +351,9 @@ def validate(settings, refuse_unused=True):
             raise flag_error(name, f"{getattr(s, name)!r} is not one of "
                              f"{list(choices)}")
     if s.base_method is not None and s.recipe_method.step is not None:
-        raise flag_error("base_method", f"method {s.method} is its own "
-                         "step; only r, t, s and rts take a base method")
+        controlled = [m.name for m in METHODS.values() if m.step is None]
+        raise flag_error("base_method", f"method {s.method} is its own step; "
+                         f"only {_listed(controlled)} take a base method")
     if not 0 <= s.label_noise < 1:
         raise flag_error("label_noise",
                          f"must be in [0, 1), got {s.label_noise}")
