@@ -294,12 +294,13 @@ def write_results(output_dir, methods, seeds, command=None, name="results"):
     with open(os.path.join(output_dir, name + ".json"), "w") as f:
         json.dump(results, f, indent=2)
     evaluated = runs[methods[0]][0].get("evaluated_on", "test")
+    bases = " and ".join(f"{b.upper()}'s" for b in BASES if b in aggregates)
     with open(os.path.join(output_dir, name + ".md"), "w") as f:
         f.write(
             f"{describe(shared)}, batch {shared['batch_size']}, "
             f"seeds {', '.join(map(str, seeds))}; top-1 on the {evaluated} "
-            "set; mean ± std over seeds. Δ: the differences to SGD's and "
-            "PUGD's runs of the same seed, mean [95 % interval] over seeds "
+            f"set; mean ± std over seeds. Δ: the differences to {bases} "
+            "runs of the same seed, mean [95 % interval] over seeds "
             "(Student t, paired by seed), in percentage points; the verdict "
             "says above or below only when the interval excludes zero.\n\n"
             + table(aggregates)

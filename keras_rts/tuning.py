@@ -501,6 +501,21 @@ def confirmation_arms(hypermodel, trials):
     return arms
 
 
+def confirmed_choice(aggregates):
+    """The trial a confirmation chooses: the best mean final top-1.
+
+    Args:
+        aggregates: the confirmation's `aggregates` (the results of
+            `keras_rts.comparison.compare_arms` over `confirmation_arms`).
+
+    Returns:
+        The trial's id, or `None` if no trial was confirmed.
+    """
+    means = {arm[len("trial_"):]: a["final_test_top1"]["mean"]
+             for arm, a in aggregates.items() if arm.startswith("trial_")}
+    return max(means, key=means.get) if means else None
+
+
 def recipe_command(settings):
     """The training-recipe command line that reproduces `settings`."""
     script = ("recipes/tiny_imagenet.py" if settings.dataset == "tiny_imagenet"

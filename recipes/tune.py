@@ -202,6 +202,14 @@ def main(argv=None):
             command="python recipes/tune.py " + shlex.join(
                 sys.argv[1:] if argv is None else argv))
         print(comparison.table(results["aggregates"]))
+        chosen = tuning.confirmed_choice(results["aggregates"])
+        if chosen is not None:
+            command = tuning.recipe_command(hypermodel.trial_settings(
+                tuner.oracle.get_trial(chosen).hyperparameters))
+            with open(os.path.join(confirmation_dir, "chosen_command.txt"),
+                      "w") as f:
+                f.write(command + "\n")
+            print(f"chosen by the confirmation: trial {chosen}\n{command}")
 
 
 if __name__ == "__main__":

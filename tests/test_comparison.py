@@ -14,10 +14,12 @@ import pytest
 from keras_rts import comparison, reporting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMITTED = sorted(glob.glob(os.path.join(ROOT, "docs", "results", "*",
-                                          "results*.json")))
-COMMITTED_RUNS = sorted(glob.glob(os.path.join(
-    ROOT, "docs", "results", "*", "runs", "*", "history.csv")))
+COMPARISONS = [os.path.join(ROOT, "docs", "results", "*"),
+               os.path.join(ROOT, "docs", "tuning", "*", "confirmation")]
+COMMITTED = sorted(p for folder in COMPARISONS for p in glob.glob(
+    os.path.join(folder, "results*.json")))
+COMMITTED_RUNS = sorted(p for folder in COMPARISONS for p in glob.glob(
+    os.path.join(folder, "runs", "*", "history.csv")))
 
 
 def _tables(markdown):
@@ -191,7 +193,7 @@ def test_compare_command_end_to_end(tfds_dir, tmp_path):
 @pytest.mark.skipif(not COMMITTED, reason="no committed results yet")
 @pytest.mark.parametrize("path", COMMITTED,
                          ids=[os.path.relpath(p, os.path.join(
-                             ROOT, "docs", "results")) for p in COMMITTED])
+                             ROOT, "docs")) for p in COMMITTED])
 def test_committed_results_are_recomputed_from_their_runs(path):
     _check_results(os.path.dirname(path),
                    os.path.splitext(os.path.basename(path))[0])

@@ -302,6 +302,17 @@ def test_tune_recipe_end_to_end_best_command_reproduces_its_objective(
     assert best["settings"] == json.loads(json.dumps(dataclasses.replace(
         experiment.settings_from_args(parser.parse_args(best_flags)),
         seed=1).__dict__))
+    # The chosen trial's command trains as its confirmation run, seed apart.
+    means = {arm: results["aggregates"][arm]["final_test_top1"]["mean"]
+             for arm in results["methods"][1:]}
+    chosen = max(means, key=means.get)
+    with open(os.path.join(out, "confirmation", "chosen_command.txt")) as f:
+        chosen_flags = f.read().split()[2:]
+    assert f"chosen by the confirmation: {chosen.replace('_', ' ')}" in (
+        confirmed.stdout)
+    assert results["runs"][chosen][0]["settings"] == json.loads(json.dumps(
+        dataclasses.replace(experiment.settings_from_args(
+            parser.parse_args(chosen_flags)), seed=1).__dict__))
 
     # The same command again reuses every run: the same summaries.
     again = _tune(tfds_dir, out, "--tuner", "bayesian", "--max-trials", "4",
@@ -372,3 +383,13 @@ def test_trials_table_is_best_first_ties_by_trial_id():
         assert [r["trial_id"] for r in rows] == ["00", "01", "03", "04", "02"]
         assert rows[0]["score"] == pytest.approx(0.71)
         assert rows[-1]["score"] is None and rows[0]["base_method"] == "pugd"
+
+
+def test_the_confirmation_chooses_the_best_mean_of_a_trial():
+    def arm(*values):
+        return {"final_test_top1": {"mean": float(np.mean(values))}}
+
+    aggregates = {"sgd": arm(0.80, 0.80), "trial_04": arm(0.70, 0.72),
+                  "trial_29": arm(0.71, 0.72), "trial_21": arm(0.69, 0.73)}
+    assert tuning.confirmed_choice(aggregates) == "29"
+    assert tuning.confirmed_choice({"sgd": arm(0.7)}) is None
