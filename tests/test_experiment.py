@@ -326,3 +326,15 @@ def test_rts_searched_is_the_trial_the_confirmation_chose():
     assert got[:2] == want[:2]  # the step, and the epochs it perturbs in
     for values, wanted in zip(got[2:], want[2:]):  # ρ and λ, to 4 digits
         assert values == pytest.approx(wanted, rel=1e-3)
+
+
+def test_rts_searched_in_python_is_as_docs_rts_md_writes_it():
+    s = experiment.Settings(method="rts_searched", epochs=60)
+    step, perturbs, radius, grad_scale = _epoch_by_epoch(s)
+    r, g, trigger = callbacks.rts(60, radius=(3.972 * 0.05,) * 2,
+                                  radius_shape="constant", start_fraction=0.813,
+                                  grad_scale=(0.03374, 0.4884))
+    assert step == "sam"
+    assert perturbs == [e >= trigger.start(60) for e in range(60)]
+    assert radius == pytest.approx([r.value(e) for e in range(60)])
+    assert grad_scale == pytest.approx([g.value(e) for e in range(60)])

@@ -26,35 +26,49 @@ python recipes/compare.py --dataset tiny_imagenet --methods sgd pugd rts \
     --data-dir "$DATA/tiny-imagenet-20" --verbose 2
 
 # Where RTS pays (issue 13; running, committed as runs finish):
-# seeds 3 and 4 of the CIFAR-10 protocol (the first table's runs are reused;
-# the five-seed table is results_5_seeds.md beside the first),
-python recipes/compare.py --methods sgd sam pugd rts --seeds 0 1 2 3 4 \
-    --results-name results_5_seeds \
-    --output-dir docs/results/cifar10_small_resnet_5k_60 \
-    --preset cpu --epochs 60 \
-    --data-dir "$DATA/tensorflow_datasets" --verbose 2
 # the RTS search on held-out training images, then SGD and its 3 best
-# trials re-run with seeds 1 and 2 on the same split (docs/tuning.md),
+# trials re-run with seeds 1 and 2 on the same split, which choose the
+# recipes' rts_searched (docs/tuning.md),
 python recipes/tune.py --dataset cifar10 --preset cpu --epochs 60 \
     --tuner bayesian --max-trials 30 --initial-points 10 \
     --validation-examples 5000 --max-cost-fraction 0.625 \
     --confirm-seeds 1 2 --confirm-top 3 \
     --output-dir docs/tuning/cifar10_small_resnet_5k_60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
-# and symmetric label noise on the training labels (the guide's interim
-# table, SGD and SAM with 40 % noise over seeds 0 and 1, first).
+# symmetric label noise on the training labels (the guide's interim
+# table, SGD and SAM with 40 % noise over seeds 0 and 1, first),
 python recipes/compare.py --methods sgd sam --seeds 0 1 --label-noise 0.4 \
     --results-name results_2_seeds \
     --output-dir docs/results/cifar10_small_resnet_5k_60_noise40 \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
-for noise in 20 40; do
-    python recipes/compare.py --methods sgd sam pugd --seeds 0 1 2 \
-        --label-noise 0.$noise \
+# the searched RTS on the CIFAR-10 test protocol (seeds 0-2 first: the
+# interim table results_searched_3_seeds.md),
+python recipes/compare.py --methods sgd sam pugd rts rts_searched \
+    --seeds 0 1 2 --results-name results_searched_3_seeds \
+    --output-dir docs/results/cifar10_small_resnet_5k_60 \
+    --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
+for noise in 40 20; do
+    python recipes/compare.py --methods sgd sam pugd rts_searched \
+        --seeds 0 1 2 --label-noise 0.$noise \
         --output-dir docs/results/cifar10_small_resnet_5k_60_noise$noise \
         --preset cpu --epochs 60 \
         --data-dir "$DATA/tensorflow_datasets" --verbose 2
 done
+# seeds 3 and 4 of the CIFAR-10 protocol (the first table's runs are
+# reused; the five-seed table is results_5_seeds.md beside the first),
+python recipes/compare.py --methods sgd sam pugd rts rts_searched \
+    --seeds 0 1 2 3 4 --results-name results_5_seeds \
+    --output-dir docs/results/cifar10_small_resnet_5k_60 \
+    --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
+# and the searched RTS on Tiny ImageNet-20 without re-tuning.
+python recipes/compare.py --dataset tiny_imagenet \
+    --methods sgd pugd rts rts_searched --seeds 0 1 2 \
+    --output-dir docs/results/tiny_imagenet20_small_resnet_32px_60 \
+    --preset cpu --epochs 60 --train-examples 4000 --image-size 32 \
+    --data-dir "$DATA/tiny-imagenet-20" --verbose 2
 
 for results in docs/results/cifar10_small_resnet_5k_60 \
                docs/results/tiny_imagenet20_small_resnet_32px_60; do
