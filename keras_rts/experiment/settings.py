@@ -159,10 +159,9 @@ class Settings:
         "linear", "shape of λ for s, rts and rts_searched",
         choices=schedules.SHAPES)
     timing: str = _field(
-        "fixed", "trigger of the perturbation for t, rts and rts_searched: a "
-        "fixed "
-        "start, the learning rate (lr), the gradient-norm variance, the "
-        "generalization gap", choices=TIMINGS)
+        "fixed", "trigger of the perturbation for t, rts and rts_searched: "
+        "a fixed start, the learning rate (lr), the gradient-norm variance, "
+        "the generalization gap", choices=TIMINGS)
     lr_fraction: float = _field(
         0.5, "lr timing: perturb once the learning rate is at or below this "
         "fraction of its peak (under cosine decay, 0.5 is the second half)")
@@ -201,7 +200,8 @@ class Settings:
 
     @property
     def step(self):
-        """The `RTSModel` method of the run (the base method for r/t/s/rts)."""
+        """The `RTSModel` method of the run (for the controlled methods,
+        the base method)."""
         m = self.recipe_method
         return m.step or self.base_method or m.base_method
 
