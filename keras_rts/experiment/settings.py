@@ -103,6 +103,15 @@ PRESETS = {
 """`paper`: the published CIFAR setup. `cpu`: minutes on 2 CPU cores."""
 
 
+def _by_method(attribute):
+    """`0.5; rts_searched 0.813`: a `RecipeMethod` attribute's default, and
+    the methods that set their own (for the flags' help)."""
+    default = RecipeMethod.__dataclass_fields__[attribute].default
+    own = [f"{m.name} {getattr(m, attribute)}" for m in METHODS.values()
+           if getattr(m, attribute) != default]
+    return "; ".join([str(default)] + own)
+
+
 def _field(default, help, **kwargs):
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
@@ -115,7 +124,7 @@ class Settings:
     method: str = _field("pugd", "training method", choices=tuple(METHODS))
     base_method: Optional[str] = _field(
         None, "the step that r, t, s, rts and rts_searched control "
-        "(default: the method's; pugd, rts_searched sam)",
+        f"(default: {_by_method('base_method')})",
         choices=BASE_METHODS)
     model: str = _field("resnet18", "network", choices=models_lib.MODELS)
     epochs: int = _field(200, "epochs of the run")
@@ -170,7 +179,7 @@ class Settings:
         "phase only, plain steps between (interval mode)")
     start_fraction: Optional[float] = _field(
         None, "fixed timing: start as a fraction of the epochs (default "
-        "without --start-epoch: 0.5, rts_searched 0.813)")
+        f"without --start-epoch: {_by_method('start_fraction')})")
     start_epoch: Optional[int] = _field(None, "fixed timing: start epoch")
     end_epoch: Optional[int] = _field(None, "fixed timing: end epoch")
     variance_t0: int = _field(5, "variance timing: epoch of the threshold")
@@ -316,7 +325,7 @@ def _taking(control):
 
 
 def _listed(names):
-    return ", ".join(names[:-1]) + " and " + names[-1]
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def _why_unused(s, name):
