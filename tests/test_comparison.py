@@ -1,6 +1,7 @@
 """The comparison of methods: its command end to end, and the committed
 results recomputed from the runs' own files (no hand-edited numbers)."""
 
+import dataclasses
 import glob
 import json
 import math
@@ -273,9 +274,8 @@ def test_t_quantile_table_values():
 @pytest.mark.parametrize("path", COMMITTED_RUNS, ids=[
     "/".join(p.split(os.sep)[-4:-1:2]) for p in COMMITTED_RUNS])
 def test_committed_runs_follow_what_their_settings_give_today(path):
-    """ρ and λ of every committed epoch are what the run's settings give
-    with today's defaults: a change of default that would make the
-    documented command train something else fails here."""
+    """ρ and λ of every committed epoch are what the run's settings give:
+    a run whose settings no longer say what it trained with fails here."""
     from keras_rts import callbacks, experiment
 
     folder = os.path.dirname(path)
@@ -297,10 +297,32 @@ def test_committed_runs_follow_what_their_settings_give_today(path):
                                                      abs=1e-7), (name, epoch)
 
 
+@pytest.mark.skipif(not COMMITTED_RUNS, reason="no committed runs yet")
+@pytest.mark.parametrize("path", COMMITTED_RUNS, ids=[
+    "/".join(p.split(os.sep)[-4:-1:2]) for p in COMMITTED_RUNS])
+def test_committed_runs_spell_out_what_they_ran_with(path):
+    """Every field of a committed run's settings.json holds the value the
+    run used, none left to a default (`None` for ρ, its start, its base
+    step): a later change of default cannot change what a documented run
+    means, and reusing it for a command that now trains something else is
+    refused (issue 13, item 6)."""
+    from keras_rts import experiment
+
+    folder = os.path.dirname(path)
+    with open(os.path.join(folder, "settings.json")) as f:
+        saved = json.load(f)
+    assert sorted(saved) == sorted(
+        f.name for f in dataclasses.fields(experiment.Settings))
+    settings = experiment.load_settings(folder)
+    assert settings == settings.resolved()
+    if settings.recipe_method.step is None:  # r, t, s, rts, rts_searched
+        assert saved["base_method"] in experiment.BASE_METHODS
+    if settings.step not in ("sgd", "ugd"):
+        assert saved["radius"] is not None
+
+
 def test_runs_made_with_other_settings_are_refused_before_any_work(
         tmp_path):
-    import dataclasses
-
     from keras_rts import experiment
 
     settings = experiment.Settings(model="small_resnet", epochs=3,
