@@ -81,7 +81,10 @@ PUGD's 1 down to 0.5 over the run, as `keras_rts.callbacks.rts`.
 training images (docs/tuning.md; trial 29, the best mean of the three best
 trials re-run with two new seeds): SAM's step from 0.813 of the run, ρ
 constant at 3.972 × SAM's 0.05, λ linear from 0.03374 to 0.4884 — 1.2×
-SGD's gradient evaluations."""
+SGD's gradient evaluations. It is a row of its own, not `rts`'s defaults:
+why is in `keras_rts.callbacks.rts` (the evidence: docs/guide.md). Every
+committed run's settings.json spells out the values it ran with, so a
+later change of these defaults leaves documented runs as they were."""
 
 
 BASE_METHODS = ("pugd", "sam", "asam")
