@@ -49,6 +49,13 @@ python recipes/compare.py --methods sgd sam pugd rts rts_searched \
     --output-dir docs/results/cifar10_small_resnet_5k_60 \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
+# 20 % noise, SGD and the searched RTS first (results_sgd_rts_searched.md),
+python recipes/compare.py --methods sgd rts_searched --seeds 0 1 2 \
+    --label-noise 0.2 --results-name results_sgd_rts_searched \
+    --output-dir docs/results/cifar10_small_resnet_5k_60_noise20 \
+    --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
+# then every method under both noise levels,
 for noise in 40 20; do
     python recipes/compare.py --methods sgd sam pugd rts_searched \
         --seeds 0 1 2 --label-noise 0.$noise \
