@@ -278,11 +278,7 @@ def test_committed_runs_follow_what_their_settings_give_today(path):
     a run whose settings no longer say what it trained with fails here."""
     from keras_rts import callbacks, experiment
 
-    folder = os.path.dirname(path)
-    with open(os.path.join(folder, "settings.json")) as f:
-        settings = experiment.Settings(**{
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in json.load(f).items()})
+    settings = experiment.load_settings(os.path.dirname(path))
     kwargs, plan = experiment.method_plan(settings)
     schedulers = {type(c): c for c in plan}
     for row in experiment.read_history(path):
@@ -315,10 +311,14 @@ def test_committed_runs_spell_out_what_they_ran_with(path):
         f.name for f in dataclasses.fields(experiment.Settings))
     settings = experiment.load_settings(folder)
     assert settings == settings.resolved()
-    if settings.recipe_method.step is None:  # r, t, s, rts, rts_searched
+    method = settings.recipe_method
+    if method.step is None:  # r, t, s, rts, rts_searched
         assert saved["base_method"] in experiment.BASE_METHODS
     if settings.step not in ("sgd", "ugd"):
         assert saved["radius"] is not None
+    if (method.takes("t") and saved["timing"] == "fixed"
+            and saved["start_epoch"] is None):
+        assert 0 < saved["start_fraction"] < 1
 
 
 def test_runs_made_with_other_settings_are_refused_before_any_work(
