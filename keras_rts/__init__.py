@@ -2,20 +2,43 @@
 
 `keras_rts.RTSModel` wraps any `keras.Model` and trains it with `model.fit`
 using one of the sharpness-aware steps of `keras_rts.directions`.
+
+The core — `RTSModel`, `callbacks`, `schedules`, `directions`, `models`,
+`tuning` — needs only Keras, NumPy and one Keras backend. The recipe layer
+(`data`, `experiment`, `search`, `comparison`, `reporting`, `plots`,
+`benchmarks`) is imported when first used, and names the extra to install
+(`pip install 'keras_rts[recipes]'`) when a dependency is missing.
 """
 
-from keras_rts import callbacks, data, directions, models, schedules
+import importlib
+
+from keras_rts import callbacks, directions, models, schedules, tuning
 from keras_rts.directions import METHODS
 from keras_rts.model import RTSModel
 
 __version__ = "0.1.0"
 
+RECIPE_LAYER = ("data", "experiment", "search", "comparison", "reporting",
+                "plots", "benchmarks")
+"""Submodules imported on first use (`keras_rts.data.load(...)` works)."""
+
 __all__ = [
     "METHODS",
     "RTSModel",
     "callbacks",
-    "data",
     "directions",
     "models",
     "schedules",
+    "tuning",
+    *RECIPE_LAYER,
 ]
+
+
+def __getattr__(name):
+    if name in RECIPE_LAYER:
+        return importlib.import_module(f"keras_rts.{name}")
+    raise AttributeError(f"module 'keras_rts' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(RECIPE_LAYER))

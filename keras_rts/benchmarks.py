@@ -22,9 +22,7 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_rts import data as data_lib
 from keras_rts import models as models_lib
 from keras_rts import reporting
 from keras_rts.model import RTSModel
@@ -77,10 +75,28 @@ class Clock(keras.callbacks.Callback):
 
 
 def machine():
-    """Where the numbers were measured: processor, cores, libraries."""
+    """Where the numbers were measured: processor, cores, accelerators and
+    the libraries (the Keras backend's among them)."""
     return {**reporting.machine(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "keras_backend": keras.backend.backend()}
+            **reporting.backend_versions(),
+            "keras_backend": keras.backend.backend(),
+            "devices": reporting.devices()}
+
+
+def fixed_batches(batch):
+    """The same batch for every step, so that the input pipeline costs
+    nothing: a `tf.data` dataset on TensorFlow, a generator elsewhere (no
+    TensorFlow needed)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensors(batch).repeat()
+
+    def repeat():
+        while True:
+            yield batch
+
+    return repeat()
 
 
 # --- one step -------------------------------------------------------------
@@ -143,7 +159,7 @@ def step_cost(model="small_resnet", batch_size=128, steps=10, rounds=5,
     rng = np.random.default_rng(0)
     batch = (rng.normal(size=(batch_size, 32, 32, 3)).astype("float32"),
              rng.integers(0, 10, size=batch_size).astype("int32"))
-    data = tf.data.Dataset.from_tensors(batch).repeat()
+    data = fixed_batches(batch)
     built = {name: _step_model(name, model, jit_compile) for name in STEPS}
     for each in built.values():
         each.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
@@ -181,6 +197,8 @@ def pipeline_rate(settings, steps=20):
         `{"pipeline_images_per_second", "training_images_per_second":
         {method: rate}, "ratio_pipeline_to_training", "machine"}`.
     """
+    from keras_rts import data as data_lib
+
     s = settings
     per_epoch = s.train_examples // s.batch_size
     train = data_lib.load(s.dataset, "train", data_dir=s.data_dir,
@@ -195,7 +213,7 @@ def pipeline_rate(settings, steps=20):
     data_rate = 2 * per_epoch * s.batch_size / (time.perf_counter() - start)
 
     num_classes, input_shape = data_lib.shape(s.dataset, s.data_dir)
-    fixed = tf.data.Dataset.from_tensors(next(iter(train))).repeat()
+    fixed = fixed_batches(next(iter(train)))
     rates = {}
     for method in ("sgd", "pugd"):
         keras.utils.set_random_seed(0)

@@ -64,7 +64,7 @@ def compare_arms(arms, seeds, output_dir, verbose=2, command=None,
     """`compare` of named configurations: `{name: Settings}`.
 
     The arms need not share a method's defaults: e.g. a search's best
-    trials beside SGD (`keras_rts.tuning.confirmation_arms`). An arm named
+    trials beside SGD (`keras_rts.search.confirmation_arms`). An arm named
     `sgd` or `pugd` is the base of the table's differences.
     """
     for (arm, seed), wanted in check_arms(arms, seeds, output_dir).items():

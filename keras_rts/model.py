@@ -16,9 +16,10 @@ import numpy as np
 from keras import ops
 
 from keras_rts import backend, directions, progbar
+from keras_rts.phase import PhaseVariable
+from keras_rts.timing_state import TimingState
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)
-from keras_rts.timing_state import TimingState
 
 
 def _check_finite_number(name, value, allow_none=False):
@@ -211,7 +212,8 @@ class RTSModel(backend.Trainer, keras.Model):
 
         self.radius = state("radius", float(radius), "float32")
         self.grad_scale = state("grad_scale", float(grad_scale), "float32")
-        self.perturb = state("perturb", perturb, "bool")
+        with keras.name_scope(self.name, caller=self):
+            self.perturb = PhaseVariable(perturb, name="perturb")
         self.grad_evals = state("grad_evals", 0, backend.INT,
                                 "only_first_replica")
         self.skipped_steps = state(
@@ -248,6 +250,11 @@ class RTSModel(backend.Trainer, keras.Model):
     def _method_on(self, perturbing):
         """Whether a step of this phase runs the method (not plain sgd)."""
         return perturbing and self._method.name != "sgd"
+
+    def _next_phase(self):
+        """The phase of the next step, from the host's copy of `perturb`
+        (`keras_rts.phase`): never a read of the device."""
+        return self._method_on(self.perturb.host_value)
 
     def _passes(self, pass_fn, batch, weights, state, settings, perturbing,
                 sources=None):
@@ -414,6 +421,9 @@ class RTSModel(backend.Trainer, keras.Model):
         skipped = ops.cast(ops.logical_not(finite), backend.INT)
         index = self._state_index[id(self.skipped_steps)]
         updated[index] = updated[index] + skipped
+        # `perturb` is set between steps (keras_rts.phase): carried as is.
+        index = self._state_index[id(self.perturb)]
+        updated[index] = state[index]
         return updated
 
     def _state_reader(self, state):

@@ -1,7 +1,8 @@
 """Figures of training runs, drawn with matplotlib (Agg, no display)."""
 
-import matplotlib
+from keras_rts import _extras
 
+matplotlib = _extras.require("matplotlib", "keras_rts.plots")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 

@@ -139,6 +139,48 @@ def machine():
             "cpus": os.cpu_count()}
 
 
+def backend_versions():
+    """The versions of Keras, NumPy and the installed backends that matter
+    to a number: the active one always, the others if already imported."""
+    import sys
+
+    import keras
+
+    versions = {"keras": keras.__version__, "numpy": np.__version__}
+    active = keras.backend.backend()
+    for name in ("tensorflow", "jax", "torch"):
+        module = sys.modules.get(name)
+        if module is None and name == active:
+            module = __import__(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    return versions
+
+
+def devices():
+    """The accelerators the active Keras backend trains on (empty on a
+    CPU-only machine): their kinds, e.g. `["NVIDIA H200"]`."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i)
+                for i in range(torch.cuda.device_count())]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.config.experimental.get_device_details(d).get(
+            "device_name", d.name) for d in tf.config.list_physical_devices()
+            if d.device_type != "CPU"]
+    return []
+
+
 def describe_machine(*parts):
     """One line for the dictionaries of `machine` and library versions.
 
@@ -152,6 +194,7 @@ def describe_machine(*parts):
         machine.update(part)
     head = ", ".join(filter(None, [
         machine.pop("processor", None),
-        f"{machine.pop('cpus')} CPU cores" if "cpus" in machine else None]))
+        f"{machine.pop('cpus')} CPU cores" if "cpus" in machine else None,
+        *machine.pop("devices", None) or ()]))
     rest = ", ".join(f"{k} {v}" for k, v in machine.items())
     return "; ".join(filter(None, [head, rest]))

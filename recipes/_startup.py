@@ -34,9 +34,24 @@ def quiet_native_stderr():
         os.close(devnull)
 
 
-def quiet_start():
-    """Imports TensorFlow and finds its devices, native stderr silenced."""
-    with quiet_native_stderr():
-        import tensorflow as tf
+def quiet_start(required=True):
+    """Imports TensorFlow and finds its devices, native stderr silenced.
 
-        tf.config.list_physical_devices()
+    Without TensorFlow installed: a recipe that needs it (`required`)
+    stops with one line naming the extra to install; one that does not
+    (`benchmark.py device`) goes on without it.
+    """
+    try:
+        with quiet_native_stderr():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
+        if required:
+            print(f"{os.path.basename(sys.argv[0])}: error: this recipe "
+                  "reads its data with tf.data, on any Keras backend, and "
+                  "TensorFlow is not installed: pip install "
+                  "'keras_rts[recipes]'", file=sys.stderr)
+            sys.exit(2)

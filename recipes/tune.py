@@ -8,7 +8,7 @@ Example:
         --data-dir ../shared/datasets/tensorflow_datasets
 
 Takes the training recipes' data, network and schedule flags, and searches
-the step the controls drive, ρ, λ and the timing (keras_rts.tuning), scoring
+the step the controls drive, ρ, λ and the timing (keras_rts.tuning, keras_rts.search), scoring
 each trial on --validation-examples training images held out of training.
 Writes the tuner's project (<output-dir>/tuner), search.json (the search's
 settings), and after every trial trials.csv and trials.md (best first) and
@@ -30,7 +30,7 @@ import _startup
 
 _startup.quiet_start()
 
-from keras_rts import comparison, data, experiment, tuning
+from keras_rts import comparison, data, experiment, search, tuning
 from keras_rts.reporting import write_table
 NOT_SEARCH_FLAGS = (
     "method", "base_method", "radius", "radius_shape", "grad_scale",
@@ -59,13 +59,13 @@ def _space_flags(parser):
 
 def write_trials(tuner, hypermodel, output_dir):
     """Writes trials.csv, trials.md and best_command.txt of the search."""
-    rows = tuning.trials_table(tuner)
+    rows = search.trials_table(tuner)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     write_table(os.path.join(output_dir, "trials.md"), columns,
                 rows, csv_path=os.path.join(output_dir, "trials.csv"))
     best = tuner.oracle.get_best_trials(1)
     if best:
-        command = tuning.recipe_command(
+        command = search.recipe_command(
             hypermodel.trial_settings(best[0].hyperparameters))
         with open(os.path.join(output_dir, "best_command.txt"), "w") as f:
             f.write(command + "\n")
@@ -96,7 +96,7 @@ def main(argv=None):
                                         run_flags=False)
     parser.add_argument("--output-dir", required=True,
                         help="the search's folder")
-    parser.add_argument("--tuner", choices=sorted(tuning.TUNERS),
+    parser.add_argument("--tuner", choices=sorted(search.TUNERS),
                         default="bayesian")
     parser.add_argument("--max-trials", type=experiment.positive_int,
                         default=20, help="trials of random and Bayesian "
@@ -153,14 +153,14 @@ def main(argv=None):
             data.train_size(settings.dataset, settings.data_dir) // 10)
         experiment.check_data(dataclasses.replace(
             settings, validation_examples=validation))
-        hypermodel = tuning.RTSHyperModel(
+        hypermodel = search.RTSHyperModel(
             settings, validation, space,
             max_cost_fraction=args.max_cost_fraction,
             cost_weight=args.cost_weight,
             verbose=args.verbose)
         confirmation_dir = os.path.join(args.output_dir, "confirmation")
         if args.confirm_seeds:  # the trials' runs are checked once known
-            comparison.check_arms(tuning.confirmation_arms(hypermodel, []),
+            comparison.check_arms(search.confirmation_arms(hypermodel, []),
                                   args.confirm_seeds, confirmation_dir)
     settings = hypermodel.settings
 
@@ -185,7 +185,7 @@ def main(argv=None):
         with open(search_path, "w") as f:
             json.dump(search, f, indent=2)
 
-    tuner = tuning.make_tuner(
+    tuner = search.make_tuner(
         args.tuner, hypermodel, args.output_dir, project_name="tuner",
         max_trials=args.max_trials, overwrite=args.overwrite,
         seed=settings.seed, hyperband_factor=args.hyperband_factor,
@@ -196,15 +196,15 @@ def main(argv=None):
     print(f"best trial {best.trial_id}: score {best.score:.4f}\n{command}")
     if args.confirm_seeds:
         results = comparison.compare_arms(
-            tuning.confirmation_arms(hypermodel, tuner.oracle.get_best_trials(
+            search.confirmation_arms(hypermodel, tuner.oracle.get_best_trials(
                 args.confirm_top or 3)),
             args.confirm_seeds, confirmation_dir, verbose=args.verbose,
             command="python recipes/tune.py " + shlex.join(
                 sys.argv[1:] if argv is None else argv))
         print(comparison.table(results["aggregates"]))
-        chosen = tuning.confirmed_choice(results["aggregates"])
+        chosen = search.confirmed_choice(results["aggregates"])
         if chosen is not None:
-            command = tuning.recipe_command(hypermodel.trial_settings(
+            command = search.recipe_command(hypermodel.trial_settings(
                 tuner.oracle.get_trial(chosen).hyperparameters))
             with open(os.path.join(confirmation_dir, "chosen_command.txt"),
                       "w") as f:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_rts
-from keras_rts import experiment, tuning
+from keras_rts import experiment, search, tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, BATCH, TRAIN = 2, 64, 128
@@ -103,9 +103,9 @@ def _check_trials_reached_the_model(tuner):
 ])
 def test_search_runs_and_every_trial_reaches_the_model(kind, tfds_dir,
                                                        tmp_path):
-    hypermodel = tuning.RTSHyperModel(
+    hypermodel = search.RTSHyperModel(
         _settings(tfds_dir), 256, tuning.SearchSpace(**SMALL_SPACE))
-    tuner = tuning.make_tuner(kind, hypermodel, str(tmp_path), max_trials=3,
+    tuner = search.make_tuner(kind, hypermodel, str(tmp_path), max_trials=3,
                               hyperband_factor=2, initial_points=2)
     # Every hyperparameter is known before the first trial.
     assert set(tuner.oracle.hyperparameters.values) >= {
@@ -324,11 +324,11 @@ def test_tune_recipe_end_to_end_best_command_reproduces_its_objective(
 
 
 def test_score_bounds_or_trades_the_cost(tfds_dir):
-    bounded = tuning.RTSHyperModel(_settings(tfds_dir), 256,
+    bounded = search.RTSHyperModel(_settings(tfds_dir), 256,
                                    max_cost_fraction=0.625)
     assert bounded.score(0.71, 0.625) == 0.71
     assert bounded.score(0.75, 0.626) == -1.0
-    traded = tuning.RTSHyperModel(_settings(tfds_dir), 256, cost_weight=0.1)
+    traded = search.RTSHyperModel(_settings(tfds_dir), 256, cost_weight=0.1)
     assert traded.score(0.71, 0.6) == pytest.approx(0.71 - 0.06)
 
 
@@ -336,7 +336,7 @@ def test_confirmation_is_sgd_and_the_best_trials_within_the_cost_bound(
         tfds_dir):
     import types
 
-    hypermodel = tuning.RTSHyperModel(_settings(tfds_dir), 256,
+    hypermodel = search.RTSHyperModel(_settings(tfds_dir), 256,
                                       max_cost_fraction=0.625)
     trials = []
     for trial_id, (base, score) in enumerate(
@@ -348,16 +348,16 @@ def test_confirmation_is_sgd_and_the_best_trials_within_the_cost_bound(
             trial_id=f"{trial_id:02d}", score=score, hyperparameters=hp))
     best = sorted(trials, key=lambda t: -t.score)
 
-    arms = tuning.confirmation_arms(hypermodel, best)
+    arms = search.confirmation_arms(hypermodel, best)
     assert list(arms) == ["sgd", "trial_01", "trial_00", "trial_03"]
     assert arms["sgd"].method == "sgd" and arms["sgd"].base_method is None
     assert arms["trial_01"].base_method == "sam"
     for settings in arms.values():  # the search's held-out split
         assert settings.validation_examples == 256
         assert settings.epochs == EPOCHS and settings.seed == 0
-    assert list(tuning.confirmation_arms(hypermodel, best[:1])) == [
+    assert list(search.confirmation_arms(hypermodel, best[:1])) == [
         "sgd", "trial_01"]
-    assert list(tuning.confirmation_arms(hypermodel, [])) == ["sgd"]
+    assert list(search.confirmation_arms(hypermodel, [])) == ["sgd"]
 
 
 def test_trials_table_is_best_first_ties_by_trial_id():
@@ -379,7 +379,7 @@ def test_trials_table_is_best_first_ties_by_trial_id():
     for order in (list(scores), sorted(scores, reverse=True)):
         tuner = types.SimpleNamespace(oracle=types.SimpleNamespace(
             trials={i: trial(i, scores[i]) for i in order}))
-        rows = tuning.trials_table(tuner)
+        rows = search.trials_table(tuner)
         assert [r["trial_id"] for r in rows] == ["00", "01", "03", "04", "02"]
         assert rows[0]["score"] == pytest.approx(0.71)
         assert rows[-1]["score"] is None and rows[0]["base_method"] == "pugd"
@@ -391,5 +391,5 @@ def test_the_confirmation_chooses_the_best_mean_of_a_trial():
 
     aggregates = {"sgd": arm(0.80, 0.80), "trial_04": arm(0.70, 0.72),
                   "trial_29": arm(0.71, 0.72), "trial_21": arm(0.69, 0.73)}
-    assert tuning.confirmed_choice(aggregates) == "29"
-    assert tuning.confirmed_choice({"sgd": arm(0.7)}) is None
+    assert search.confirmed_choice(aggregates) == "29"
+    assert search.confirmed_choice({"sgd": arm(0.7)}) is None

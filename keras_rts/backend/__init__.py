@@ -50,8 +50,10 @@ def check_supported():
 def assign_between_steps(model, variable, value):
     """Assigns a model variable from a callback so that the next step sees
     it. Under JAX, `fit` keeps the state outside the variables during an
-    epoch: it is written back first, and the next step reads it again."""
+    epoch: it is written back first, and the next step reads it again.
+    `perturb` is chosen on the host (`keras_rts.phase`): its assignment
+    needs no write-back."""
     sync = getattr(model, "jax_state_sync", None)
-    if sync is not None:
+    if sync is not None and variable is not getattr(model, "perturb", None):
         sync()
     variable.assign(value)

@@ -50,12 +50,12 @@ class Trainer:
 
     def make_train_function(self, force=False):
         """One compiled step per phase (perturbing or not), each traced on
-        first use and kept, chosen from `perturb` before the step. (A
+        first use and kept, chosen on the host before the step from the
+        host's copy of `perturb` (`keras_rts.phase`). (A
         `jax.lax.cond` between the phases inside one compiled step ran
         20× slower on XLA's CPU backend, even in the one-pass phase.)"""
         if self.train_function is not None and not force:
             return
-        index = _index(self.non_trainable_variables, self.perturb)
         functions = {}
         shardings = None  # read now: during `fit` the variables are purged
         if keras.distribution.distribution() is not None:
@@ -73,13 +73,20 @@ class Trainer:
             return self._make_function(step)
 
         def train_function(state, iterator):
-            perturbing = (self._method.name != "sgd"
-                          and bool(state[1][index]))
+            perturbing = self._next_phase()
             if perturbing not in functions:
                 functions[perturbing] = compiled(perturbing)
             return functions[perturbing](state, iterator)
 
         self.train_function = train_function
+
+    def jax_state_sync(self):
+        """Keras' write-back of the step state into the variables, leaving
+        `perturb` as the host holds it: a step never changes it, and an
+        assignment between steps (`perturb.assign`, which also sets the
+        host's copy) reaches the variable, not the state `fit` carries."""
+        with self.perturb.device_values_follow_host():
+            super().jax_state_sync()
 
     def _sub_batch_loop(self, batch, size, body, carry):
         """`body(part, fraction, carry) -> (carry, y_pred)` over the

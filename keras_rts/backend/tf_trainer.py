@@ -67,9 +67,10 @@ class Trainer:
 
     def make_train_function(self, force=False):
         """One train function per phase (perturbing or not), each traced
-        on first use and kept: assigning `perturb` between steps never
-        retraces, and a phase that does not perturb is a plain step with
-        no perturbation arithmetic and no extra collective."""
+        on first use and kept, chosen on the host before each step:
+        assigning `perturb` between steps never retraces, and a phase that
+        does not perturb is a plain step with no perturbation arithmetic
+        and no extra collective."""
         if self.train_function is not None and not force:
             return self.train_function
         functions = {}
@@ -84,9 +85,7 @@ class Trainer:
             return functions[perturbing]
 
         def train_function(iterator):
-            perturbing = (self._method.name != "sgd"
-                          and bool(self.perturb.numpy()))
-            return phase_function(perturbing)(iterator)
+            return phase_function(self._next_phase())(iterator)
 
         self.train_function = train_function
         return train_function

@@ -4,11 +4,19 @@
 `"cifar100"` (through tensorflow-datasets; `data_dir` is a prepared TFDS
 folder) or `"tiny_imagenet"` (`data_dir` is the dataset folder in its
 standard layout). `split` is `"train"` or `"test"`.
+
+Part of the recipe layer: needs TensorFlow (`tf.data`, on any Keras
+backend) and tensorflow-datasets, `pip install 'keras_rts[recipes]'`.
 """
 
-from keras_rts.data import cifar, tiny_imagenet
-from keras_rts.data.cifar import load_cifar
-from keras_rts.data.tiny_imagenet import load_tiny_imagenet
+from keras_rts import _extras
+
+_extras.require("tensorflow", "keras_rts.data")
+_extras.require("tensorflow_datasets", "keras_rts.data")
+
+from keras_rts.data import cifar, tiny_imagenet  # noqa: E402
+from keras_rts.data.cifar import load_cifar  # noqa: E402
+from keras_rts.data.tiny_imagenet import load_tiny_imagenet  # noqa: E402
 
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 

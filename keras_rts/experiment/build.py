@@ -5,12 +5,14 @@ import contextlib
 import re
 
 import keras
-import tensorflow as tf
 
+from keras_rts import _extras
 from keras_rts import callbacks as rts_callbacks
 from keras_rts import data as data_lib
 from keras_rts import schedules
 from keras_rts.experiment.flags import flag_error
+
+tf = _extras.require("tensorflow", "keras_rts.experiment")
 
 
 def _trigger(s):

@@ -7,7 +7,7 @@ import os
 from keras_rts import data as data_lib
 from keras_rts.experiment.flags import FLAG_TYPES, RecipeParser, flag_errors
 from keras_rts.experiment.flags import verbosity
-from keras_rts.experiment.run import check_run, run
+from keras_rts.experiment.runs import check_run, run
 from keras_rts.experiment.settings import PRESETS, Settings
 
 

@@ -29,8 +29,8 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_rts import _extras
 from keras_rts import data as data_lib
 from keras_rts import models as models_lib
 from keras_rts import plots
@@ -43,6 +43,8 @@ from keras_rts.experiment.flags import flag_error
 from keras_rts.experiment.settings import (load_settings,
                                            settings_differences, validate)
 from keras_rts.model import RTSModel
+
+tf = _extras.require("tensorflow", "keras_rts.experiment")
 
 
 def read_history(path):
