@@ -6,6 +6,9 @@
 - `step_cost`: one training step of each method against an `sgd` step
   and a plain `keras.Model` step, on one fixed batch (the input pipeline
   costs nothing).
+- `device_step_cost`: the same on an accelerator, over dtype policies,
+  networks and batch sizes, each step waited for (steps run
+  asynchronously there), with images a second.
 - `pipeline_rate`: images a second of a recipe's training pipeline (warm
   cache) against training's.
 - `run_cost`: whole short runs of `sgd`, `pugd`, `t` and `rts`,
@@ -83,14 +86,17 @@ def machine():
             "devices": reporting.devices()}
 
 
-def fixed_batches(batch):
+def fixed_batches(batch, on_device=False):
     """The same batch for every step, so that the input pipeline costs
     nothing: a `tf.data` dataset on TensorFlow, a generator elsewhere (no
-    TensorFlow needed)."""
+    TensorFlow needed), of tensors already on the device if `on_device`
+    (then no step copies its batch from the host)."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.data.Dataset.from_tensors(batch).repeat()
+    if on_device:
+        batch = tuple(keras.ops.convert_to_tensor(part) for part in batch)
 
     def repeat():
         while True:
@@ -182,6 +188,121 @@ def step_cost(model="small_resnet", batch_size=128, steps=10, rounds=5,
             for a, b, floor in RATIOS
         ],
     }
+
+
+# --- the step on an accelerator ------------------------------------------
+
+DEVICE_STEPS = {
+    "keras": None,
+    "sgd": ("sgd", True),
+    "pugd_perturb_off": ("pugd", False),
+    "sam": ("sam", True),
+    "pugd": ("pugd", True),
+    "pugd_sub_batch_32": ("pugd", True, 32),
+}
+"""The steps `device_step_cost` times (as `STEPS`)."""
+
+DEVICE_RATIOS = [
+    ("pugd", "sgd", 2.0),
+    ("sam", "sgd", 2.0),
+    ("sgd", "keras", 1.0),
+    ("pugd_perturb_off", "keras", 1.0),
+    ("pugd_sub_batch_32", "pugd", 1.0),
+]
+
+DEVICE_GRID = dict(policies=("float32", "mixed_bfloat16"),
+                   models=("small_resnet", "resnet18"),
+                   batch_sizes=(128, 512))
+"""What the GPU check measures, in this order (most wanted first)."""
+
+
+def _timed_fit(model, data, steps):
+    """Seconds a step over `fit` of `steps` steps, waiting for the last
+    one: an accelerator runs steps asynchronously, so the time between
+    callbacks is the host's, not the step's."""
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0,
+              shuffle=False)
+    keras.ops.convert_to_numpy(model.trainable_variables[0])
+    return (time.perf_counter() - start) / steps
+
+
+def _device_point(model, batch_size, image_size, steps, rounds):
+    """One model, batch size and (current) dtype policy: every
+    `DEVICE_STEPS` step built, each phase compiled and warmed up, then
+    `rounds` interleaved rounds of `steps` steps each."""
+    rng = np.random.default_rng(0)
+    shape = (image_size, image_size, 3)
+    batch = (rng.normal(size=(batch_size, *shape)).astype("float32"),
+             rng.integers(0, 10, size=batch_size).astype("int32"))
+    data = fixed_batches(batch, on_device=True)
+    built = {}
+    for name, spec in DEVICE_STEPS.items():
+        keras.utils.set_random_seed(0)
+        net = models_lib.get(model, 10, shape)
+        built[name] = net if spec is None else RTSModel(
+            net, method=spec[0], perturb=spec[1],
+            sub_batch_size=spec[2] if len(spec) > 2 else None)
+        built[name].compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=True)
+        _timed_fit(built[name], data, 2)  # compiles
+    times = {name: [] for name in built}
+    names = list(built)
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_timed_fit(built[name], data, steps))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "model": model, "batch_size": batch_size,
+        "policy": keras.config.dtype_policy().name,
+        "median_step_seconds": median,
+        "images_per_second": {n: batch_size / t for n, t in median.items()},
+        "ratios": [
+            {"step": a, "relative_to": b, "ratio": median[a] / median[b],
+             "floor": floor, "overhead": median[a] / median[b] / floor - 1}
+            for a, b, floor in DEVICE_RATIOS],
+    }
+
+
+def device_step_cost(policies=DEVICE_GRID["policies"],
+                     models=DEVICE_GRID["models"],
+                     batch_sizes=DEVICE_GRID["batch_sizes"], image_size=32,
+                     steps=20, rounds=3, budget_seconds=None):
+    """The step cost of `DEVICE_STEPS` on the device Keras trains on, over
+    a grid of dtype policies × networks × batch sizes, synthetic data
+    already on the device (no input pipeline, no download).
+
+    Points run in the grid's order; once `budget_seconds` have passed, the
+    rest are listed as skipped rather than measured (the first point is
+    always measured).
+
+    Returns:
+        `{"points": [see `_device_point`], "skipped": [{"policy", "model",
+        "batch_size"}], "seconds", "machine"}`.
+    """
+    start = time.perf_counter()
+    points, skipped = [], []
+    for policy in policies:
+        for model in models:
+            for batch_size in batch_sizes:
+                where = dict(policy=policy, model=model,
+                             batch_size=batch_size)
+                if (points and budget_seconds is not None
+                        and time.perf_counter() - start > budget_seconds):
+                    skipped.append(where)
+                    continue
+                keras.config.set_dtype_policy(policy)
+                try:
+                    points.append(_device_point(model, batch_size,
+                                                image_size, steps, rounds))
+                finally:
+                    keras.config.set_dtype_policy("float32")
+                    keras.utils.clear_session()
+    return {"points": points, "skipped": skipped,
+            "seconds": time.perf_counter() - start, "machine": machine()}
 
 
 # --- the input pipeline ---------------------------------------------------

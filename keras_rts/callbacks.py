@@ -20,6 +20,7 @@ import inspect
 import math
 import numbers
 import warnings
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -70,12 +71,18 @@ def _check_positive(name, value):
     return float(value)
 
 
+ScheduleLike = Callable[..., float]
+"""A schedule: `f(t)` or `f(t, current)` of the epoch (or step) `t`, as
+`keras_rts.schedules` and `keras.optimizers.schedules` objects are."""
+
+
 class _VariableScheduler(keras.callbacks.Callback):
     """Assigns one of the model's variables from a schedule."""
 
     variable = None  # the RTSModel attribute this scheduler assigns
 
-    def __init__(self, schedule, per_step=False):
+    def __init__(self, schedule: ScheduleLike, per_step: bool = False
+                 ) -> None:
         super().__init__()
         if not callable(schedule):
             raise ValueError(
@@ -216,7 +223,7 @@ class _Trigger(keras.callbacks.Callback):
 
     epochs = None  # the run's length, if given at construction
 
-    def __init__(self, perturb_every=1):
+    def __init__(self, perturb_every: int = 1) -> None:
         super().__init__()
         self.perturb_every = _check_int("perturb_every", perturb_every,
                                         minimum=1)
@@ -316,8 +323,10 @@ class PerturbationWindow(_Trigger):
     ```
     """
 
-    def __init__(self, start_epoch=None, start_fraction=None, end_epoch=None,
-                 epochs=None, perturb_every=1):
+    def __init__(self, start_epoch: int | None = None,
+                 start_fraction: float | None = None,
+                 end_epoch: int | None = None, epochs: int | None = None,
+                 perturb_every: int = 1) -> None:
         super().__init__(perturb_every)
         if (start_epoch is None) == (start_fraction is None):
             raise ValueError(
@@ -401,7 +410,8 @@ class LearningRateTrigger(PerturbationWindow):
     ```
     """
 
-    def __init__(self, lr_fraction, epochs=None, perturb_every=1):
+    def __init__(self, lr_fraction: float, epochs: int | None = None,
+                 perturb_every: int = 1) -> None:
         if isinstance(lr_fraction, bool) or not isinstance(
                 lr_fraction, numbers.Real) or not 0 < lr_fraction < 1:
             raise ValueError(
@@ -478,8 +488,8 @@ class GradNormVarianceTrigger(_Trigger):
         epochs: as for `PerturbationWindow`: the run's length, checked now.
     """
 
-    def __init__(self, t0=5, gamma=0.5, k=100, perturb_every=1,
-                 epochs=None):
+    def __init__(self, t0: int = 5, gamma: float = 0.5, k: int = 100,
+                 perturb_every: int = 1, epochs: int | None = None) -> None:
         super().__init__(perturb_every)
         self.t0 = _check_int("t0", t0)
         self.gamma = _check_positive("gamma", gamma)
@@ -536,7 +546,8 @@ class GeneralizationGapTrigger(_Trigger):
     `validation_freq` other than 1, is refused before the first step.
     """
 
-    def __init__(self, xi=5, mu=2.0, t=1, perturb_every=1, epochs=None):
+    def __init__(self, xi: int = 5, mu: float = 2.0, t: int = 1,
+                 perturb_every: int = 1, epochs: int | None = None) -> None:
         super().__init__(perturb_every)
         self.xi = _check_int("xi", xi, minimum=1)
         self.mu = _check_positive("mu", mu)
@@ -592,10 +603,14 @@ class GeneralizationGapTrigger(_Trigger):
             self._switch_on_from(epoch + 1)
 
 
-def rts(epochs, radius=(3.0, 0.1), start_epoch=None, start_fraction=None,
-        end_epoch=None, grad_scale=(1.0, 0.5), radius_shape="cosine",
-        grad_scale_shape="linear", timing=None, steps_per_epoch=None,
-        lr_fraction=None, perturb_every=1):
+def rts(epochs: int, radius: Sequence[float] = (3.0, 0.1),
+        start_epoch: int | None = None, start_fraction: float | None = None,
+        end_epoch: int | None = None,
+        grad_scale: Sequence[float] = (1.0, 0.5), radius_shape: str = "cosine",
+        grad_scale_shape: str = "linear",
+        timing: keras.callbacks.Callback | None = None,
+        steps_per_epoch: int | None = None, lr_fraction: float | None = None,
+        perturb_every: int = 1) -> list[keras.callbacks.Callback]:
     """The callbacks of the combined method, RTS = R + T + S.
 
     Defaults, and why: ρ anneals by a cosine from 3 to 0.1 over the run (a

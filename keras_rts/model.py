@@ -129,17 +129,17 @@ class RTSModel(backend.Trainer, keras.Model):
 
     def __init__(
         self,
-        model,
-        method="pugd",
-        radius=None,
-        grad_scale=None,
-        perturb=True,
-        weight_decay=0.0,
-        eta=0.01,
-        perturbation="replica",
-        sub_batch_size=None,
+        model: keras.Model,
+        method: str = "pugd",
+        radius: float | None = None,
+        grad_scale: float | None = None,
+        perturb: bool = True,
+        weight_decay: float = 0.0,
+        eta: float = 0.01,
+        perturbation: str = "replica",
+        sub_batch_size: int | None = None,
         **kwargs,
-    ):
+    ) -> None:
         if not isinstance(model, keras.Model):
             raise ValueError(
                 "model must be a keras.Model (e.g. a Sequential or "

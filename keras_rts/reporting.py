@@ -195,6 +195,6 @@ def describe_machine(*parts):
     head = ", ".join(filter(None, [
         machine.pop("processor", None),
         f"{machine.pop('cpus')} CPU cores" if "cpus" in machine else None,
-        *machine.pop("devices", None) or ()]))
+        *(machine.pop("devices", None) or ())]))
     rest = ", ".join(f"{k} {v}" for k, v in machine.items())
     return "; ".join(filter(None, [head, rest]))

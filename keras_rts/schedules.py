@@ -19,6 +19,7 @@ name and its bounds into one of these.
 
 import math
 import numbers
+from typing import Sequence
 
 import keras
 
@@ -56,10 +57,10 @@ def _progress(t, duration):
 class Schedule:
     """Base class: a value as a function of time, with `get_config`."""
 
-    def __call__(self, t):
+    def __call__(self, t: float) -> float:
         raise NotImplementedError
 
-    def get_config(self):
+    def get_config(self) -> dict:
         raise NotImplementedError
 
     @classmethod
@@ -84,7 +85,7 @@ class Constant(Schedule):
     0.05
     """
 
-    def __init__(self, value):
+    def __init__(self, value: float) -> None:
         self.value = _check_value("value", value)
 
     def __call__(self, t):
@@ -109,7 +110,7 @@ class Linear(Schedule):
     0.5
     """
 
-    def __init__(self, start, end, duration):
+    def __init__(self, start: float, end: float, duration: float) -> None:
         self.start = _check_value("start", start)
         self.end = _check_value("end", end)
         self.duration = _check_positive("duration", duration)
@@ -138,7 +139,8 @@ class Step(Schedule):
     0.5
     """
 
-    def __init__(self, values, boundaries):
+    def __init__(self, values: Sequence[float],
+                 boundaries: Sequence[float]) -> None:
         values = [_check_value("values", v) for v in values]
         boundaries = list(boundaries)
         for b in boundaries:
@@ -191,8 +193,9 @@ class Cosine(Schedule):
     1.55
     """
 
-    def __init__(self, maximum, minimum, period, restarts=False,
-                 period_multiplier=1.0):
+    def __init__(self, maximum: float, minimum: float, period: float,
+                 restarts: bool = False, period_multiplier: float = 1.0
+                 ) -> None:
         self.maximum = _check_value("maximum", maximum)
         self.minimum = _check_value("minimum", minimum)
         _check_order(self.minimum, self.maximum)
@@ -245,7 +248,8 @@ class QuarterCosine(Schedule):
     0.1
     """
 
-    def __init__(self, maximum, minimum, duration):
+    def __init__(self, maximum: float, minimum: float, duration: float
+                 ) -> None:
         self.maximum = _check_value("maximum", maximum)
         self.minimum = _check_value("minimum", minimum)
         _check_order(self.minimum, self.maximum)
@@ -288,7 +292,8 @@ SHAPES = ("constant", "linear", "cosine", "quarter_cosine", "quarter_sine")
 """The shapes `get` builds from a `(first, last)` pair."""
 
 
-def get(shape, first, last, duration):
+def get(shape: str, first: float, last: float, duration: float
+        ) -> "Schedule":
     """Builds the schedule that goes from `first` to `last` over `duration`.
 
     Args:

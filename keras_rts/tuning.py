@@ -170,12 +170,12 @@ class RTSConfig:
     perturb_every: int = 1
     lr: Optional[float] = None
 
-    def model_kwargs(self):
+    def model_kwargs(self) -> dict:
         """The `RTSModel` arguments (besides the network)."""
         return dict(method=self.base_method, radius=self.radius[0],
                     grad_scale=self.grad_scale[0])
 
-    def callbacks(self):
+    def callbacks(self) -> list:
         """The trial's callbacks (`keras_rts.callbacks.rts`)."""
         timing = {"fixed": dict(start_fraction=self.start_fraction),
                   "lr": dict(lr_fraction=self.lr_fraction),
@@ -188,7 +188,8 @@ class RTSConfig:
             grad_scale_shape=self.grad_scale_shape, **timing)
 
 
-def rts_config(hp, epochs, space=None):
+def rts_config(hp, epochs: int, space: Optional[SearchSpace] = None
+               ) -> RTSConfig:
     """Declares the RTS hyperparameters on `hp` and returns their values.
 
     Call it in your `HyperModel`'s `build` (for `model_kwargs()`) and `fit`

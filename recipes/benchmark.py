@@ -4,6 +4,7 @@
     python recipes/benchmark.py pipeline --data-dir DIR --output docs/benchmarks
     python recipes/benchmark.py run-cost --output docs/benchmarks
     python recipes/benchmark.py run-cost --results docs/results/NAME
+    python recipes/benchmark.py device --output docs/benchmarks
 
 `pipeline` measures the training input pipeline of the CPU preset (images
 a second, from its second epoch on, once the cache is warm) against the
@@ -21,6 +22,16 @@ measured cost of each timed run (`t`, `rts`) relative to SGD and PUGD — in
 gradient evaluations, CPU and wall time — against the prediction
 `k/n·1 + (1 − k/n)·2` for a switch at epoch `k` of `n`.
 
+`device` is the check for a machine with an accelerator (a GPU), which
+needs Keras and JAX (or TensorFlow) but not TensorFlow's data stack: it
+runs the NumPy-reference step tests there (float32, full-precision
+matrix products), then times the steps of `step-cost` for the small
+ResNet and ResNet-18 at batch 128 and 512, in float32 and
+`mixed_bfloat16`, on synthetic data already on the device, each step
+waited for, with images a second; all within `--budget-seconds` (points
+left are listed as skipped). It writes `device_<backend>_<gpu|cpu>.md` and
+`.json`.
+
 `step-cost` times training steps of the same network for a plain
 `keras.Model` and for `RTSModel` with each method, on one fixed batch (so
 that the input pipeline costs nothing), and reports each step's median time
@@ -33,10 +44,14 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import subprocess
+import sys
+import time
 
 import _startup
 
-_startup.quiet_start()
+_startup.quiet_start(required=False)  # `device` runs without TensorFlow
 
 import keras  # noqa: E402
 
@@ -154,6 +169,94 @@ def run_cost(args):
     _write(args.output, f"run_cost_{args.model}", result, table)
 
 
+DEVICE_TESTS = ("tests/test_model.py::test_steps_match_numpy_reference",
+                "tests/test_step.py", "tests/test_sub_batch.py",
+                "tests/test_phase.py", "tests/test_directions.py")
+"""The step's NumPy-reference tests, run on the device by `device`."""
+
+
+def _device_tests(tests):
+    """Runs `tests` with pytest here, on the device Keras sees, with
+    float32 matrix products in full precision (not TF32)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               *tests]
+    env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest",
+               NVIDIA_TF32_OVERRIDE="0")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True,
+                          text=True)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    summary = next((line.strip("= ") for line in reversed(lines)
+                    if re.search(r"\d+ (passed|failed|error)", line)),
+                   lines[-1] if lines else done.stderr.strip()[-300:])
+    return {"tests": list(tests), "returncode": done.returncode,
+            "summary": summary,
+            "failures": [line for line in lines
+                         if line.startswith(("FAILED", "ERROR"))]}
+
+
+def device(args):
+    start = time.perf_counter()
+    tests = None
+    if args.tests:
+        tests = _device_tests(args.tests)
+        print(f"Reference tests on the device: {tests['summary']}",
+              flush=True)
+    budget = args.budget_seconds - (time.perf_counter() - start)
+    result = benchmarks.device_step_cost(
+        args.policies, args.models, args.batch_sizes, args.image_size,
+        args.steps, args.rounds, budget_seconds=max(budget, 0))
+    result["tests"] = tests
+    result["seconds"] = time.perf_counter() - start
+    result["command"] = " ".join(
+        ["python recipes/benchmark.py device"]
+        + [f"--{k.replace('_', '-')} " + (
+            " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+           for k, v in sorted(vars(args).items())
+           if k not in ("command", "output", "run") and v not in (None, [])])
+    devices = result["machine"]["devices"]
+    kind = "gpu" if devices else "cpu"
+    names = list(benchmarks.DEVICE_STEPS)
+    ratio_names = [f"{a} ÷ {b}" for a, b, _ in benchmarks.DEVICE_RATIOS]
+    points = result["points"]
+    table = "\n".join([
+        f"Step cost on {', '.join(devices) or 'the CPU'}, Keras' "
+        f"{keras.backend.backend()} backend, each phase compiled (XLA); "
+        f"synthetic {args.image_size}×{args.image_size} images on the "
+        f"device; median of {args.rounds} rounds of {args.steps} steps, "
+        "each fit waited for.",
+        "",
+        "Reference tests on the device: " + (
+            tests["summary"] if tests else "not run") + ".",
+        "",
+        reporting.markdown_table(
+            ["policy", "network", "batch", *ratio_names],
+            [[p["policy"], p["model"], p["batch_size"]]
+             + [f"{r['ratio']:.3f}" for r in p["ratios"]] for p in points]),
+        "",
+        "Floors: two passes for pugd and sam (2.0), one for sgd and a "
+        "perturb-off step (1.0 of plain Keras), the same passes on "
+        "sub-batches of 32 (1.0 of pugd).",
+        "",
+        "Images a second:",
+        "",
+        reporting.markdown_table(
+            ["policy", "network", "batch", *names],
+            [[p["policy"], p["model"], p["batch_size"]]
+             + [f"{p['images_per_second'][n]:.0f}" for n in names]
+             for p in points]),
+    ] + ([
+        "", "Not measured (over the time budget): " + "; ".join(
+            f"{s['policy']} {s['model']} batch {s['batch_size']}"
+            for s in result["skipped"]) + "."] if result["skipped"] else [])
+      + [f"", f"Whole command: {result['seconds']:.0f} s."]
+      + _footer(result["command"], result["machine"]))
+    _write(args.output, f"device_{keras.backend.backend()}_{kind}", result,
+           table)
+    if tests and tests["returncode"] != 0:
+        sys.exit(1)
+
+
 def _write(folder, stem, result, table):
     print(table)
     if not folder:
@@ -203,6 +306,28 @@ def main(argv=None):
     whole.add_argument("--model", default="small_resnet", choices=models)
     whole.add_argument("--output", default=None)
     whole.set_defaults(run=run_cost)
+    check = commands.add_parser(
+        "device", help="reference tests and step cost on an accelerator")
+    check.add_argument("--policies", nargs="+", choices=[
+        "float32", "mixed_bfloat16", "mixed_float16"],
+        default=list(benchmarks.DEVICE_GRID["policies"]))
+    check.add_argument("--models", nargs="+", choices=models,
+                       default=list(benchmarks.DEVICE_GRID["models"]))
+    check.add_argument("--batch-sizes", nargs="+", type=positive_int,
+                       default=list(benchmarks.DEVICE_GRID["batch_sizes"]))
+    check.add_argument("--image-size", type=positive_int, default=32)
+    check.add_argument("--steps", type=positive_int, default=20,
+                       help="steps timed per step kind and round")
+    check.add_argument("--rounds", type=positive_int, default=3)
+    check.add_argument("--budget-seconds", type=positive_int, default=420,
+                       help="the whole command's time, tests included; "
+                       "points left when it is spent are listed as skipped "
+                       "(default: 420)")
+    check.add_argument("--tests", nargs="*", default=list(DEVICE_TESTS),
+                       help="reference tests to run on the device first "
+                       "(none: --tests with no argument)")
+    check.add_argument("--output", default=None)
+    check.set_defaults(run=device)
     args = parser.parse_args(argv)
     if args.command == "run-cost" and not args.results and not (
             0 < args.switch_epoch < args.epochs):

@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,3 +46,13 @@ def tfds_dir(shared_datasets):
 @pytest.fixture(scope="session")
 def tiny_dir(shared_datasets):
     return os.path.join(shared_datasets, "tiny-imagenet-20")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With KERAS_RTS_NO_TENSORFLOW=1 (CI's core-only stage, where it is not
+    installed), a test run that imported TensorFlow fails."""
+    if os.environ.get("KERAS_RTS_NO_TENSORFLOW") == "1" and (
+            "tensorflow" in sys.modules):
+        print("\nKERAS_RTS_NO_TENSORFLOW=1 but TensorFlow was imported",
+              file=sys.stderr)
+        session.exitstatus = 1

@@ -4,6 +4,7 @@ on 2 host devices gives the one-device step (global ε) or the per-device
 one (`sub_batch_size` = the per-device batch). Each foreign backend runs
 in a subprocess: a backend is chosen once per process."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,10 @@ from tests.test_model import _data, _fit, _rts
 
 OTHER = {"tensorflow": "jax", "jax": "tensorflow"}[keras.backend.backend()]
 
+needs_other = pytest.mark.skipif(
+    importlib.util.find_spec(OTHER) is None,
+    reason=f"{OTHER} is not installed (the core-only environment)")
+
 
 def _python(code, backend, *args, **env):
     result = subprocess.run(
@@ -30,6 +35,7 @@ def _python(code, backend, *args, **env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@needs_other
 def test_keras_file_loads_on_the_other_backend(tmp_path):
     x, y = _data()
     model = _rts("pugd", radius=0.4)
@@ -121,6 +127,7 @@ def test_jax_per_device_epsilon_is_a_sub_batch_per_device():
 
 
 @pytest.mark.slow
+@needs_other
 def test_cifar_recipe_runs_on_the_other_backend(tfds_dir, tmp_path):
     run_dir = str(tmp_path / "run")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

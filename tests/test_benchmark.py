@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -70,3 +71,52 @@ def test_measured_run_cost_counts_the_predicted_passes(tmp_path):
     assert result["grad_evals"] == {"sgd": 4, "pugd": 8, "t": 6, "rts": 6}
     assert all(len(v) == 1 and v[0] > 0
                for v in result["cpu_seconds"].values())
+
+
+def test_the_device_check_runs_without_tensorflow(tmp_path):
+    """`benchmark.py device` as on a GPU machine without TensorFlow (here
+    on the CPU, tiny): the reference tests run first, then the grid until
+    its budget, written as JSON and markdown."""
+    pytest.importorskip("jax")
+    from tests.test_core import BLOCK
+
+    out = tmp_path / "out"
+    code = BLOCK + (
+        "import runpy\n"
+        "sys.path.insert(0, 'recipes')\n"
+        "sys.argv = ['recipes/benchmark.py', 'device', '--models',"
+        " 'small_resnet', '--policies', 'float32', '--batch-sizes', '8',"
+        " '4', '--image-size', '8', '--steps', '2', '--rounds', '1',"
+        " '--budget-seconds', '1', '--tests',"
+        " 'tests/test_directions.py::test_global_norm_is_one_norm_over_all_tensors',"
+        f" '--output', {str(out)!r}]\n"
+        "runpy.run_path('recipes/benchmark.py', run_name='__main__')\n"
+        "assert 'tensorflow' not in sys.modules\n")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+        text=True, timeout=900, env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "device_jax_cpu.json").read_text())
+    assert result["tests"]["returncode"] == 0
+    assert result["tests"]["summary"].startswith("1 passed")
+    # The budget was spent by the tests: the first point only, the rest
+    # named as skipped.
+    [point] = result["points"]
+    assert (point["policy"], point["model"], point["batch_size"]) == (
+        "float32", "small_resnet", 8)
+    assert result["skipped"] == [
+        {"policy": "float32", "model": "small_resnet", "batch_size": 4}]
+    median = point["median_step_seconds"]
+    assert set(median) == {"keras", "sgd", "pugd_perturb_off", "sam",
+                           "pugd", "pugd_sub_batch_32"}
+    for ratio in point["ratios"]:
+        assert ratio["ratio"] == pytest.approx(
+            median[ratio["step"]] / median[ratio["relative_to"]])
+    assert point["images_per_second"]["pugd"] == pytest.approx(
+        8 / median["pugd"])
+    assert result["machine"]["keras_backend"] == "jax"
+    assert "tensorflow" not in result["machine"]
+    table = (out / "device_jax_cpu.md").read_text()
+    assert "Reference tests on the device: 1 passed" in table
+    assert "Not measured (over the time budget): float32 small_resnet " \
+        "batch 4." in table

@@ -5,7 +5,6 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_rts
 from keras_rts import callbacks, schedules
@@ -259,7 +258,8 @@ def _norm_batches(scales):
     unit = np.linalg.norm(2.0 / BATCH * x.astype(np.float64).T @ y0)
     xs = np.stack([x] * len(scales))
     ys = np.stack([y0 * s for s in scales]).astype("float32")
-    return tf.data.Dataset.from_tensor_slices((xs, ys)), unit
+    # One batch a step, continued across the epochs.
+    return (batch for batch in zip(xs, ys)), unit
 
 
 def _regression(method="pugd"):
