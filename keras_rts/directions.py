@@ -24,8 +24,16 @@ from typing import Callable, Optional
 
 from keras import ops
 
+from keras_rts import backend
+
 DELTA = 1e-12
 """Guard added to every norm before dividing by it."""
+
+
+def _tensors(values):
+    """The backend's tensors (arrays given as NumPy stay usable on every
+    backend; tensors pass through)."""
+    return [ops.convert_to_tensor(v) for v in values]
 
 
 def global_norm(tensors):
@@ -35,7 +43,8 @@ def global_norm(tensors):
     entry above about 1e19) or underflows, the tensors are divided by their
     largest magnitude before squaring, so a finite list, however large or
     small its entries, has a finite norm. The rescaling runs only then (a
-    conditional), so the usual case costs one pass. A list holding an
+    conditional, `keras_rts.backend.cond`), so the usual case costs one
+    pass (on PyTorch both run: choosing would read the device). A list holding an
     infinity or a NaN has a non-finite norm.
 
     Args:
@@ -44,7 +53,7 @@ def global_norm(tensors):
     Returns:
         A scalar float32 tensor.
     """
-    tensors = [ops.cast(t, "float32") for t in tensors]
+    tensors = [ops.cast(t, "float32") for t in _tensors(tensors)]
     squares = sum(ops.sum(ops.square(t)) for t in tensors)
 
     def rescaled():
@@ -55,7 +64,7 @@ def global_norm(tensors):
             sum(ops.sum(ops.square(t / divisor)) for t in tensors))
 
     usable = ops.logical_and(ops.isfinite(squares), squares > 1e-30)
-    return ops.cond(usable, lambda: ops.sqrt(squares), rescaled)
+    return backend.cond(usable, lambda: ops.sqrt(squares), rescaled)
 
 
 def normalize(tensors, norm=None):
@@ -70,6 +79,7 @@ def normalize(tensors, norm=None):
     Returns:
         The list of scaled tensors.
     """
+    tensors = _tensors(tensors)
     if norm is None:
         norm = global_norm(tensors)
     scale = 1.0 / (norm + DELTA)
@@ -111,8 +121,8 @@ def asam_perturbation(grads, weights, radius, eta=0.01):
     Returns:
         The list of perturbations `ε`.
     """
-    scales = [ops.abs(w) + eta for w in weights]
-    scaled = [t * g for t, g in zip(scales, grads)]
+    scales = [ops.abs(w) + eta for w in _tensors(weights)]
+    scaled = [t * g for t, g in zip(scales, _tensors(grads))]
     factor = radius / (global_norm(scaled) + DELTA)
     return [t * s * ops.cast(factor, s.dtype) for t, s in zip(scales, scaled)]
 
@@ -131,7 +141,8 @@ def pugd_perturbation(grads, weights, radius):
         The list of perturbations `ε`.
     """
     return scaled_to_radius(
-        [ops.abs(w) * g for w, g in zip(weights, grads)], radius
+        [ops.abs(w) * g for w, g in zip(_tensors(weights), _tensors(grads))],
+        radius
     )
 
 
@@ -148,13 +159,14 @@ def combine(perturbed_grads, grads, grad_scale):
     """
     return [
         gp + ops.cast(grad_scale, g.dtype) * g
-        for gp, g in zip(perturbed_grads, grads)
+        for gp, g in zip(_tensors(perturbed_grads), _tensors(grads))
     ]
 
 
 def add_weight_decay(direction, weights, weight_decay):
     """Coupled L2 weight decay: returns `d + wd · w`."""
-    return [d + weight_decay * w for d, w in zip(direction, weights)]
+    return [d + weight_decay * w
+            for d, w in zip(_tensors(direction), _tensors(weights))]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -164,17 +164,17 @@ def main(argv=None):
                                   args.confirm_seeds, confirmation_dir)
     settings = hypermodel.settings
 
-    search = {"settings": dataclasses.asdict(settings),
+    record = {"settings": dataclasses.asdict(settings),
               "space": dataclasses.asdict(space), "tuner": args.tuner,
               "hyperband_factor": args.hyperband_factor,
               "initial_points": args.initial_points,
               "max_cost_fraction": args.max_cost_fraction,
               "cost_weight": args.cost_weight}
-    search = json.loads(json.dumps(search))  # tuples as lists
+    record = json.loads(json.dumps(record))  # tuples as lists
     search_path = os.path.join(args.output_dir, "search.json")
     if os.path.exists(search_path) and not args.overwrite:
         with open(search_path) as f:
-            changed = search_differences(json.load(f), search)
+            changed = search_differences(json.load(f), record)
         if changed:
             parser.error(
                 f"--output-dir: {args.output_dir} holds a search with other "
@@ -183,7 +183,7 @@ def main(argv=None):
     else:
         os.makedirs(args.output_dir, exist_ok=True)
         with open(search_path, "w") as f:
-            json.dump(search, f, indent=2)
+            json.dump(record, f, indent=2)
 
     tuner = search.make_tuner(
         args.tuner, hypermodel, args.output_dir, project_name="tuner",

@@ -273,7 +273,8 @@ def test_switching_phase_traces_once_per_phase_never_per_switch():
     evals = int(model.grad_evals.numpy())
     history = model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False,
                         verbose=0, callbacks=[Alternate()])
-    assert len(traces) == n
+    if keras.backend.backend() != "torch":  # eager there: nothing traced
+        assert len(traces) == n
     # Steps 0, 2 perturb (2 passes), step 1 does not (1): 5 an epoch.
     assert history.history["grad_evals"] == [evals + 5, evals + 10]
 

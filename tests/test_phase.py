@@ -12,6 +12,12 @@ from tests.test_model import BATCH, _compile, _data, _fit, _net, _rts
 
 STEPS = 24
 
+# Keras' PyTorch trainer converts every log value to a Python number after
+# every step (`pythonify_logs`), for a plain model too: there the RTSModel's
+# own logs are read with Keras' own. What is counted there is every other
+# read.
+OUTSIDE_LOGS = keras.backend.backend() == "torch"
+
 
 def _reads_over_fit(model, x, y, callbacks=()):
     """Device reads of `fit` over `STEPS` steps (after a warm-up fit that
@@ -19,7 +25,7 @@ def _reads_over_fit(model, x, y, callbacks=()):
     fit = dict(batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
                callbacks=list(callbacks))
     model.fit(x, y, **fit)
-    with count_device_reads() as reads:
+    with count_device_reads(outside_logs=OUTSIDE_LOGS) as reads:
         model.fit(x, y, **fit)
     return reads
 
@@ -123,6 +129,8 @@ def test_backup_and_restore_resumes_the_phase(tmp_path):
     assert model.perturb.host_value is True
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="PyTorch runs the step eagerly: nothing traced")
 def test_perturb_cannot_be_assigned_inside_a_traced_step():
     model = _rts("pugd")
     with pytest.raises(ValueError, match="between steps"):

@@ -101,8 +101,8 @@ def test_huge_finite_gradients_take_a_unit_step(method):
 
 def test_an_unsupported_backend_is_refused_when_the_model_is_built(
         monkeypatch):
-    monkeypatch.setattr(keras_rts.backend, "BACKEND", "torch")
+    monkeypatch.setattr(keras_rts.backend, "BACKEND", "openvino")
     net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="'torch' Keras backend; supported: "
-                       "tensorflow, jax"):
+    with pytest.raises(ValueError, match="'openvino' Keras backend; "
+                       "supported: tensorflow, jax, torch"):
         keras_rts.RTSModel(net)

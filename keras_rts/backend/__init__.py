@@ -2,14 +2,14 @@
 combining replicas. The method itself is in `keras_rts.model`.
 
 `Trainer` is the mixin of `RTSModel` for the backend Keras runs on
-(TensorFlow or JAX). Other backends are refused when an `RTSModel` is
+(TensorFlow, JAX or PyTorch). Other backends are refused when an `RTSModel` is
 built (`check_supported`), never inside `fit`.
 """
 
 import keras
 
 BACKEND = keras.backend.backend()
-SUPPORTED = ("tensorflow", "jax")
+SUPPORTED = ("tensorflow", "jax", "torch")
 
 
 def _x64():
@@ -31,6 +31,8 @@ if BACKEND == "tensorflow":
     from keras_rts.backend.tf_trainer import Trainer
 elif BACKEND == "jax":
     from keras_rts.backend.jax_trainer import Trainer
+elif BACKEND == "torch":
+    from keras_rts.backend.torch_trainer import Trainer
 else:
 
     class Trainer:
@@ -43,8 +45,17 @@ def check_supported():
         raise ValueError(
             f"keras_rts.RTSModel does not support the {BACKEND!r} Keras "
             f"backend; supported: {', '.join(SUPPORTED)}. Choose one with "
-            "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before importing "
-            "keras.")
+            "KERAS_BACKEND=tensorflow, jax or torch before importing keras.")
+
+
+def cond(pred, true_fn, false_fn):
+    """`keras.ops.cond` without a read of the device: where the step is
+    compiled (TensorFlow, JAX) only the branch taken runs; on PyTorch,
+    which runs eagerly and would read `pred` back to choose, both branches
+    run and `ops.where` picks (the step's cost includes the other one)."""
+    if BACKEND == "torch":
+        return keras.ops.where(pred, true_fn(), false_fn())
+    return keras.ops.cond(pred, true_fn, false_fn)
 
 
 def assign_between_steps(model, variable, value):

@@ -1,0 +1,127 @@
+"""`RTSModel`'s step on PyTorch: each pass is autograd on the weights'
+values mapped into a `keras.StatelessScope` (no variable written, no
+`.grad` accumulated), one step function per phase, and the new weights,
+optimizer state and model state committed together by assignment, kept
+where the step is not finite (`torch.where`: no read of the device)."""
+
+import keras
+import torch
+from keras import ops
+
+
+class Trainer:
+    """The PyTorch half of `RTSModel` (see `keras_rts.model`)."""
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        batch = (x, y, sample_weight)
+        self._build_before_step(batch)
+        optimizer = self.optimizer
+        trainable = self.trainable_variables
+        state = self.non_trainable_variables
+        weights = [v.value for v in trainable]
+        state_values = [v.value for v in state]
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        step = self._step(
+            self._pass, batch, weights, state_values, self._perturbing,
+            loss_scale=optimizer.dynamic_scale.value if scaled else None)
+        with torch.no_grad():
+            optimizer_values = [v.value for v in optimizer.variables]
+            # Keras' torch optimizers update their operands in place
+            # (`torch._foreach_*`), stateless or not: they get copies.
+            new_weights, new_optimizer = optimizer.stateless_apply(
+                [v.clone() for v in optimizer_values], step.direction,
+                [w.clone() for w in weights])
+            if not scaled:  # a LossScaleOptimizer skips non-finite steps
+                new_weights = _where(step.finite, new_weights, weights)
+                new_optimizer = _where(step.finite, new_optimizer,
+                                       optimizer_values)
+            for variable, old, new in zip(
+                    [*trainable, *optimizer.variables, *state],
+                    [*weights, *optimizer_values, *state_values],
+                    [*new_weights, *new_optimizer, *step.state]):
+                if new is not old:
+                    variable.assign(new)
+        self._loss_tracker.update_state(
+            step.loss, sample_weight=next(
+                i for i in keras.tree.flatten(x) if i is not None).shape[0])
+        metrics = self.compute_metrics(x, y, step.y_pred, sample_weight)
+        return self._logs(metrics, step, self._method_on(self._perturbing),
+                          step.state)
+
+    def _pass(self, batch, weights, state):
+        """A training-mode forward/backward pass at `weights` and `state`.
+
+        Returns `(loss, y_pred, grads, new_state)`: the gradients of the
+        scaled loss (`None` where a variable has none) and the state the
+        pass assigned. No variable is written (`keras.StatelessScope`).
+        """
+        x, y, sample_weight = batch
+        leaves = [w.detach().requires_grad_(True) for w in weights]
+        mapping = (list(zip(self.trainable_variables, leaves))
+                   + list(zip(self.non_trainable_variables, state)))
+        with torch.enable_grad(), keras.StatelessScope(
+                state_mapping=mapping, collect_losses=True) as scope:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                training=True)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = torch.autograd.grad(scaled_loss, leaves, allow_unused=True)
+        new_state = []
+        for variable, old in zip(self.non_trainable_variables, state):
+            new = scope.get_current_value(variable)
+            new_state.append(old if new is None else
+                             ops.cast(new, old.dtype).detach())
+        return loss.detach(), y_pred.detach(), list(grads), new_state
+
+    def make_train_function(self, force=False):
+        """One step function per phase (perturbing or not), chosen on the
+        host before each step from the host's copy of `perturb`
+        (`keras_rts.phase`); with `jit_compile=True` each is
+        `torch.compile`d, as in Keras' own torch trainer."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self.steps_per_execution > 1:
+            raise ValueError(
+                "`steps_per_execution` must be 1 with the PyTorch backend. "
+                f"Received: steps_per_execution={self.steps_per_execution}")
+        functions = {}
+
+        def phase_function(perturbing):
+            if perturbing not in functions:
+                def step(data):
+                    self._perturbing = perturbing
+                    return self.train_step(data[0])
+
+                if self._should_torch_compile():
+                    step = torch.compile(step)
+                functions[perturbing] = step
+            return functions[perturbing]
+
+        def train_function(data):
+            return phase_function(self._next_phase())(data)
+
+        self.train_function = train_function
+        return train_function
+
+    def _sub_batch_loop(self, batch, size, body, carry):
+        """`body(part, fraction, carry) -> (carry, y_pred)` over the
+        sub-batches of `size` examples, eagerly. Returns the final carry
+        and the parts' predictions, concatenated."""
+        total = next(t for t in keras.tree.flatten(batch[0])
+                     if t is not None).shape[0]
+        predictions = []
+        for start in range(0, total, size):
+            stop = min(start + size, total)
+            part = tuple(keras.tree.map_structure(
+                lambda t: t[start:stop], b) if b is not None else None
+                for b in batch)
+            carry, y_pred = body(part, (stop - start) / total, carry)
+            predictions.append(y_pred)
+        return carry, keras.tree.map_structure(
+            lambda *parts: ops.concatenate(parts, axis=0), *predictions)
+
+
+def _where(condition, new, old):
+    return [ops.where(condition, n, o) for n, o in zip(new, old)]
