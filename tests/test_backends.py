@@ -1,7 +1,8 @@
-"""Across Keras backends: a `.keras` file saved on one loads on the other
-with the same predictions, and JAX's `keras.distribution.DataParallel`
-on 2 host devices gives the one-device step (global ε) or the per-device
-one (`sub_batch_size` = the per-device batch). Each foreign backend runs
+"""Across Keras backends: a `.keras` file saved on one loads on the
+others with the same predictions, the recipe runs on each, and JAX's
+`keras.distribution.DataParallel` on 2 host devices gives the one-device
+step (global ε) or the per-device one (`sub_batch_size` = the per-device
+batch). Each foreign backend runs
 in a subprocess: a backend is chosen once per process."""
 
 import importlib.util
@@ -18,11 +19,16 @@ import pytest
 from tests import reference
 from tests.test_model import _data, _fit, _rts
 
-OTHER = {"tensorflow": "jax", "jax": "tensorflow"}[keras.backend.backend()]
+BACKENDS = ("tensorflow", "jax", "torch")
 
-needs_other = pytest.mark.skipif(
-    importlib.util.find_spec(OTHER) is None,
-    reason=f"{OTHER} is not installed (the core-only environment)")
+
+def _others():
+    """The other backends, each skipped where it is not installed (the
+    core-only environment has JAX alone)."""
+    return [pytest.param(other, marks=pytest.mark.skipif(
+        importlib.util.find_spec(other) is None,
+        reason=f"{other} is not installed"))
+        for other in BACKENDS if other != keras.backend.backend()]
 
 
 def _python(code, backend, *args, **env):
@@ -35,8 +41,8 @@ def _python(code, backend, *args, **env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@needs_other
-def test_keras_file_loads_on_the_other_backend(tmp_path):
+@pytest.mark.parametrize("other", _others())
+def test_keras_file_loads_on_the_other_backends(tmp_path, other):
     x, y = _data()
     model = _rts("pugd", radius=0.4)
     _fit(model, x, y, epochs=2)
@@ -54,8 +60,8 @@ def test_keras_file_loads_on_the_other_backend(tmp_path):
             "radius": float(model.radius.numpy()),
             "grad_evals": int(model.grad_evals.numpy()),
             "predictions": model.predict(x, verbose=0).tolist()}))
-    ''', OTHER, path, str(tmp_path / "x.npy"))
-    assert loaded["backend"] == OTHER and loaded["method"] == "pugd"
+    ''', other, path, str(tmp_path / "x.npy"))
+    assert loaded["backend"] == other and loaded["method"] == "pugd"
     assert loaded["radius"] == pytest.approx(0.4)
     assert loaded["grad_evals"] == int(model.grad_evals.numpy())
     np.testing.assert_allclose(loaded["predictions"],
@@ -127,8 +133,8 @@ def test_jax_per_device_epsilon_is_a_sub_batch_per_device():
 
 
 @pytest.mark.slow
-@needs_other
-def test_cifar_recipe_runs_on_the_other_backend(tfds_dir, tmp_path):
+@pytest.mark.parametrize("other", _others())
+def test_cifar_recipe_runs_on_the_other_backends(tfds_dir, tmp_path, other):
     run_dir = str(tmp_path / "run")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
@@ -138,7 +144,7 @@ def test_cifar_recipe_runs_on_the_other_backend(tfds_dir, tmp_path):
          tfds_dir, "--test-examples", "500", "--output-dir", run_dir,
          "--verbose", "0"],
         capture_output=True, text=True, cwd=root,
-        env={**os.environ, "KERAS_BACKEND": OTHER,
+        env={**os.environ, "KERAS_BACKEND": other,
              "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run_dir, "summary.json")) as f:

@@ -338,3 +338,12 @@ def test_rts_searched_in_python_is_as_docs_rts_md_writes_it():
     assert perturbs == [e >= trigger.start(60) for e in range(60)]
     assert radius == pytest.approx([r.value(e) for e in range(60)])
     assert grad_scale == pytest.approx([g.value(e) for e in range(60)])
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_tf_distribute_strategy_is_refused_on_other_backends(
+        monkeypatch, backend):
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    with pytest.raises(ValueError, match="--strategy: mirrored is a "
+                       "tf.distribute strategy, for KERAS_BACKEND=tensorflow"):
+        experiment.validate(experiment.Settings(strategy="mirrored"))

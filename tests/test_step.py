@@ -106,3 +106,13 @@ def test_an_unsupported_backend_is_refused_when_the_model_is_built(
     with pytest.raises(ValueError, match="'openvino' Keras backend; "
                        "supported: tensorflow, jax, torch"):
         keras_rts.RTSModel(net)
+
+
+def test_a_distribution_is_refused_where_keras_cannot_distribute(
+        monkeypatch):
+    monkeypatch.setattr(keras_rts.backend, "BACKEND", "torch")
+    monkeypatch.setattr(keras.distribution, "distribution", lambda: object())
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="distributes only on the JAX "
+                       "backend, not on 'torch'"):
+        keras_rts.RTSModel(net)

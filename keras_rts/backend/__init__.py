@@ -40,7 +40,14 @@ else:
 
 
 def check_supported():
-    """Raises a `ValueError` naming the backend unless it is supported."""
+    """Raises a `ValueError` naming the backend unless it is supported, or
+    if a `keras.distribution` is set where Keras cannot distribute."""
+    if BACKEND == "torch" and keras.distribution.distribution() is not None:
+        raise ValueError(
+            "keras.distribution is set, but Keras distributes only on the "
+            "JAX backend, not on 'torch': unset it "
+            "(keras.distribution.set_distribution(None)), or train with "
+            "KERAS_BACKEND=jax. See docs/distributed.md.")
     if BACKEND not in SUPPORTED:
         raise ValueError(
             f"keras_rts.RTSModel does not support the {BACKEND!r} Keras "

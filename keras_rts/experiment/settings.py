@@ -12,6 +12,8 @@ import math
 import os
 from typing import Optional, Tuple
 
+import keras
+
 from keras_rts import data as data_lib
 from keras_rts import directions
 from keras_rts import models as models_lib
@@ -427,6 +429,12 @@ def validate(settings, refuse_unused=True):
             lr_start_epoch(learning_rate(s, 1), s.epochs, 1, s.lr_fraction)
         except ValueError as e:
             raise flag_error("lr_fraction", str(e)) from None
+    if s.strategy != "none" and keras.backend.backend() != "tensorflow":
+        raise flag_error(
+            "strategy", f"{s.strategy} is a tf.distribute strategy, for "
+            "KERAS_BACKEND=tensorflow; under jax distribute with "
+            "keras.distribution.DataParallel, under torch Keras offers no "
+            "distribution (docs/distributed.md)")
     if s.strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
         raise flag_error(
             "strategy", "multiworker reads the cluster from the TF_CONFIG "
