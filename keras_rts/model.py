@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_rts import backend, directions, progbar
+from keras_rts.backend import saving
 from keras_rts.phase import PhaseVariable
 from keras_rts.timing_state import TimingState
 
@@ -491,7 +492,8 @@ class RTSModel(backend.Trainer, keras.Model):
     def compile_from_config(self, config):
         # Keras does not re-compile a loaded model whose `compile` is
         # overridden unless this is overridden too; same steps as Keras'.
-        config = keras.saving.deserialize_keras_object(config)
+        config = keras.saving.deserialize_keras_object(
+            saving.backend_neutral(config))
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
