@@ -35,7 +35,8 @@ def quiet_native_stderr():
 
 
 def quiet_start(required=True):
-    """Imports TensorFlow and finds its devices, native stderr silenced.
+    """Imports Keras (its backend), then TensorFlow, and finds TensorFlow's
+    devices, native stderr silenced.
 
     Without TensorFlow installed: a recipe that needs it (`required`)
     stops with one line naming the extra to install; one that does not
@@ -43,6 +44,11 @@ def quiet_start(required=True):
     """
     try:
         with quiet_native_stderr():
+            # Keras first, so that its backend is imported before
+            # TensorFlow: under KERAS_BACKEND=torch, PyTorch's Triton loaded
+            # after TensorFlow crashed the process (a segfault in
+            # triton/knobs.py; TensorFlow 2.21, torch 2.11, measured here).
+            import keras  # noqa: F401
             import tensorflow as tf
 
             tf.config.list_physical_devices()
