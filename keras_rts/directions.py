@@ -43,8 +43,9 @@ def global_norm(tensors):
     entry above about 1e19) or underflows, the tensors are divided by their
     largest magnitude before squaring, so a finite list, however large or
     small its entries, has a finite norm. The rescaling runs only then (a
-    conditional, `keras_rts.backend.cond`), so the usual case costs one
-    pass (on PyTorch both run: choosing would read the device). A list holding an
+    conditional), so the usual case costs one pass. On PyTorch, where the
+    conditional would read the device, the backend's fused kernels always
+    rescale (`keras_rts.backend.GLOBAL_NORM`). A list holding an
     infinity or a NaN has a non-finite norm.
 
     Args:
@@ -53,6 +54,8 @@ def global_norm(tensors):
     Returns:
         A scalar float32 tensor.
     """
+    if backend.GLOBAL_NORM is not None:
+        return backend.GLOBAL_NORM(_tensors(tensors))
     tensors = [ops.cast(t, "float32") for t in _tensors(tensors)]
     squares = sum(ops.sum(ops.square(t)) for t in tensors)
 
@@ -64,7 +67,7 @@ def global_norm(tensors):
             sum(ops.sum(ops.square(t / divisor)) for t in tensors))
 
     usable = ops.logical_and(ops.isfinite(squares), squares > 1e-30)
-    return backend.cond(usable, lambda: ops.sqrt(squares), rescaled)
+    return ops.cond(usable, lambda: ops.sqrt(squares), rescaled)
 
 
 def normalize(tensors, norm=None):

@@ -27,12 +27,16 @@ without x64 would truncate it, with a warning); exact to 2^31 otherwise."""
 FLOAT = "float64" if _x64() else "float32"
 """The dtype of the timing triggers' running sums."""
 
+GLOBAL_NORM = None
+"""The backend's own fused `directions.global_norm`, where it has one."""
+
 if BACKEND == "tensorflow":
     from keras_rts.backend.tf_trainer import Trainer
 elif BACKEND == "jax":
     from keras_rts.backend.jax_trainer import Trainer
 elif BACKEND == "torch":
     from keras_rts.backend.torch_trainer import Trainer
+    from keras_rts.backend.torch_trainer import global_norm as GLOBAL_NORM
 else:
 
     class Trainer:
@@ -53,16 +57,6 @@ def check_supported():
             f"keras_rts.RTSModel does not support the {BACKEND!r} Keras "
             f"backend; supported: {', '.join(SUPPORTED)}. Choose one with "
             "KERAS_BACKEND=tensorflow, jax or torch before importing keras.")
-
-
-def cond(pred, true_fn, false_fn):
-    """`keras.ops.cond` without a read of the device: where the step is
-    compiled (TensorFlow, JAX) only the branch taken runs; on PyTorch,
-    which runs eagerly and would read `pred` back to choose, both branches
-    run and `ops.where` picks (the step's cost includes the other one)."""
-    if BACKEND == "torch":
-        return keras.ops.where(pred, true_fn(), false_fn())
-    return keras.ops.cond(pred, true_fn, false_fn)
 
 
 def assign_between_steps(model, variable, value):

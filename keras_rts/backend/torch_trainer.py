@@ -125,3 +125,19 @@ class Trainer:
 
 def _where(condition, new, old):
     return [ops.where(condition, n, o) for n, o in zip(new, old)]
+
+
+def global_norm(tensors):
+    """`keras_rts.directions.global_norm` in PyTorch's fused multi-tensor
+    kernels (`torch._foreach_*`, as `torch.optim` uses): eagerly, the
+    per-tensor `keras.ops` calls cost far more than the arithmetic. Always
+    divided by the largest magnitude before squaring (so overflow-safe
+    without a conditional, which would read the device); NaN or infinity
+    anywhere gives a non-finite norm, all zeros 0."""
+    tensors = [t if t.dtype == torch.float32 else t.float() for t in tensors]
+    largest = torch.stack(torch._foreach_max(torch._foreach_abs(tensors)))
+    largest = largest.max()
+    divisor = torch.where(largest > 0, largest, torch.ones_like(largest))
+    norms = torch._foreach_norm(torch._foreach_div(tensors, divisor))
+    return divisor * torch.linalg.vector_norm(torch.stack(norms))
+
