@@ -246,7 +246,9 @@ def _device_point(model, batch_size, image_size, steps, rounds):
         built[name].compile(
             optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=True)
+            # XLA on TensorFlow and JAX; PyTorch eager, as Keras' default
+            # there (torch.compile of every phase would not fit the time).
+            jit_compile=keras.backend.backend() != "torch")
         _timed_fit(built[name], data, 2)  # compiles
     times = {name: [] for name in built}
     names = list(built)

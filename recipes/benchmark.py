@@ -221,7 +221,10 @@ def device(args):
     points = result["points"]
     table = "\n".join([
         f"Step cost on {', '.join(devices) or 'the CPU'}, Keras' "
-        f"{keras.backend.backend()} backend, each phase compiled (XLA); "
+        f"{keras.backend.backend()} backend, "
+        + ("eager (Keras' default on PyTorch); "
+           if keras.backend.backend() == "torch" else
+           "each phase compiled (XLA); ") +
         f"synthetic {args.image_size}×{args.image_size} images on the "
         f"device; median of {args.rounds} rounds of {args.steps} steps, "
         "each fit waited for.",
