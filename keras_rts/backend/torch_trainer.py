@@ -135,9 +135,17 @@ def global_norm(tensors):
     without a conditional, which would read the device); NaN or infinity
     anywhere gives a non-finite norm, all zeros 0."""
     tensors = [t if t.dtype == torch.float32 else t.float() for t in tensors]
-    largest = torch.stack(torch._foreach_max(torch._foreach_abs(tensors)))
-    largest = largest.max()
+    if torch.compiler.is_compiling():
+        # Under `torch.compile` (jit_compile=True) the compiler fuses the
+        # per-tensor ops itself (and inductor refuses `_foreach_max`).
+        largest = torch.stack([t.abs().max() for t in tensors]).max()
+    else:
+        largest = torch.stack(
+            torch._foreach_max(torch._foreach_abs(tensors))).max()
     divisor = torch.where(largest > 0, largest, torch.ones_like(largest))
-    norms = torch._foreach_norm(torch._foreach_div(tensors, divisor))
+    if torch.compiler.is_compiling():
+        norms = [torch.linalg.vector_norm(t / divisor) for t in tensors]
+    else:
+        norms = torch._foreach_norm(torch._foreach_div(tensors, divisor))
     return divisor * torch.linalg.vector_norm(torch.stack(norms))
 
