@@ -134,9 +134,9 @@ RATIOS = [
 """The ratios reported, each with the floor the method must pay."""
 
 
-def _step_model(name, model, jit_compile):
+def _step_model(name, model, jit_compile, shape=(32, 32, 3)):
     keras.utils.set_random_seed(0)
-    net = models_lib.get(model, 10, (32, 32, 3))
+    net = models_lib.get(model, 10, shape)
     spec = STEPS[name]
     built = net if spec is None else RTSModel(
         net, method=spec[0], perturb=spec[1],
@@ -179,36 +179,24 @@ def step_cost(model="small_resnet", batch_size=128, steps=10, rounds=5,
                             shuffle=False, callbacks=[clock])
             times[name].extend(clock.step_seconds)
     median = {name: statistics.median(t) for name, t in times.items()}
-    return {
-        "machine": machine(),
-        "median_step_seconds": median,
-        "ratios": [
-            {"step": a, "relative_to": b, "ratio": median[a] / median[b],
+    return {"machine": machine(), "median_step_seconds": median,
+            "ratios": _ratios(median, RATIOS)}
+
+
+def _ratios(median, ratios):
+    return [{"step": a, "relative_to": b, "ratio": median[a] / median[b],
              "floor": floor, "overhead": median[a] / median[b] / floor - 1}
-            for a, b, floor in RATIOS
-        ],
-    }
+            for a, b, floor in ratios]
 
 
 # --- the step on an accelerator ------------------------------------------
 
-DEVICE_STEPS = {
-    "keras": None,
-    "sgd": ("sgd", True),
-    "pugd_perturb_off": ("pugd", False),
-    "sam": ("sam", True),
-    "pugd": ("pugd", True),
-    "pugd_sub_batch_32": ("pugd", True, 32),
-}
-"""The steps `device_step_cost` times (as `STEPS`)."""
+DEVICE_STEPS = {name: STEPS[name] for name in (
+    "keras", "sgd", "pugd_perturb_off", "sam", "pugd", "pugd_sub_batch_32")}
+"""The steps `device_step_cost` times (of `STEPS`)."""
 
-DEVICE_RATIOS = [
-    ("pugd", "sgd", 2.0),
-    ("sam", "sgd", 2.0),
-    ("sgd", "keras", 1.0),
-    ("pugd_perturb_off", "keras", 1.0),
-    ("pugd_sub_batch_32", "pugd", 1.0),
-]
+DEVICE_RATIOS = [r for r in RATIOS
+                 if r[0] in DEVICE_STEPS and r[1] in DEVICE_STEPS]
 
 DEVICE_GRID = dict(policies=("float32", "mixed_bfloat16"),
                    models=("small_resnet", "resnet18"),
@@ -236,20 +224,13 @@ def _device_point(model, batch_size, image_size, steps, rounds):
     batch = (rng.normal(size=(batch_size, *shape)).astype("float32"),
              rng.integers(0, 10, size=batch_size).astype("int32"))
     data = fixed_batches(batch, on_device=True)
-    built = {}
-    for name, spec in DEVICE_STEPS.items():
-        keras.utils.set_random_seed(0)
-        net = models_lib.get(model, 10, shape)
-        built[name] = net if spec is None else RTSModel(
-            net, method=spec[0], perturb=spec[1],
-            sub_batch_size=spec[2] if len(spec) > 2 else None)
-        built[name].compile(
-            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            # XLA on TensorFlow and JAX; PyTorch eager, as Keras' default
-            # there (torch.compile of every phase would not fit the time).
-            jit_compile=keras.backend.backend() != "torch")
-        _timed_fit(built[name], data, 2)  # compiles
+    # XLA on TensorFlow and JAX; PyTorch eager, as Keras' default there
+    # (torch.compile of every phase would not fit the time).
+    jit_compile = keras.backend.backend() != "torch"
+    built = {name: _step_model(name, model, jit_compile, shape)
+             for name in DEVICE_STEPS}
+    for each in built.values():
+        _timed_fit(each, data, 2)  # compiles
     times = {name: [] for name in built}
     names = list(built)
     for round_ in range(rounds):
@@ -262,10 +243,7 @@ def _device_point(model, batch_size, image_size, steps, rounds):
         "policy": keras.config.dtype_policy().name,
         "median_step_seconds": median,
         "images_per_second": {n: batch_size / t for n, t in median.items()},
-        "ratios": [
-            {"step": a, "relative_to": b, "ratio": median[a] / median[b],
-             "floor": floor, "overhead": median[a] / median[b] / floor - 1}
-            for a, b, floor in DEVICE_RATIOS],
+        "ratios": _ratios(median, DEVICE_RATIOS),
     }
 
 
