@@ -63,6 +63,15 @@ def _check_int(name, value, minimum=0):
     return int(value)
 
 
+def _check_probability(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            0 <= value <= 1):
+        raise ValueError(
+            f"perturb_probability must be a number in [0, 1] (or a schedule "
+            f"of the step giving one), got {value!r}.")
+    return float(value)
+
+
 def _check_positive(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
         math.isfinite(value) and value > 0
@@ -216,17 +225,49 @@ class _Trigger(keras.callbacks.Callback):
     A trigger decides the phase per epoch (`_phase_on`); within the phase
     the method's step runs on every step, or with `perturb_every=k` on every
     k-th step only (global steps `t` with `t mod k = 0`), plain one-pass
-    steps between — as Composer's SAM `interval` and LookSAM. The step is
-    switched by assigning `RTSModel.perturb` between steps: each phase's
-    train function is traced once.
+    steps between — as Composer's SAM `interval` — or with
+    `perturb_probability=p` on each step with probability `p` (random
+    switching). The step is switched by assigning `RTSModel.perturb`
+    between steps: each phase's train function is traced once.
+
+    The random draws are made on the host, each from the seed and the
+    global step `t` alone (`numpy.random.default_rng((seed, t))`): no
+    device read, the same draws in every run with that seed, and a run
+    resumed at an epoch (`BackupAndRestore`) draws what it would have.
     """
 
     epochs = None  # the run's length, if given at construction
 
-    def __init__(self, perturb_every: int = 1) -> None:
+    def __init__(self, perturb_every: int = 1,
+                 perturb_probability: float | ScheduleLike | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         self.perturb_every = _check_int("perturb_every", perturb_every,
                                         minimum=1)
+        if perturb_probability is not None:
+            if perturb_every != 1:
+                raise ValueError(
+                    "Give perturb_every (every k-th step) or "
+                    "perturb_probability (each step at random), not both; "
+                    f"got perturb_every={perturb_every}, "
+                    f"perturb_probability={perturb_probability!r}.")
+            if not callable(perturb_probability):
+                _check_probability(perturb_probability)
+        self.perturb_probability = perturb_probability
+        self.seed = _check_int("seed", seed)
+
+    @property
+    def _per_step(self):
+        return self.perturb_every > 1 or self.perturb_probability is not None
+
+    def _draws_on(self, step):
+        """Whether the method's step runs at global step `step`."""
+        if self.perturb_probability is None:
+            return step % self.perturb_every == 0
+        p = self.perturb_probability
+        if callable(p):
+            p = _check_probability(float(keras.ops.convert_to_numpy(p(step))))
+        return np.random.default_rng((self.seed, step)).random() < p
 
     def on_train_begin(self, logs=None):
         _check_rts_model(self, self.model)
@@ -246,12 +287,14 @@ class _Trigger(keras.callbacks.Callback):
                     "calls; otherwise give both the same number.",
                     stacklevel=2)
         self._check_epochs(self.epochs or fit_epochs)
-        if self.perturb_every > 1:
+        if self._per_step:
             if not self.params.get("steps"):
+                which = (f"perturb_every={self.perturb_every}"
+                         if self.perturb_probability is None else
+                         f"perturb_probability={self.perturb_probability!r}")
                 raise ValueError(
-                    f"{type(self).__name__}(perturb_every="
-                    f"{self.perturb_every}) needs a known number of steps "
-                    "per epoch: pass steps_per_epoch to fit().")
+                    f"{type(self).__name__}({which}) needs a known number of "
+                    "steps per epoch: pass steps_per_epoch to fit().")
             _check_one_step_per_call(self, self.model)
 
     def _check_epochs(self, epochs):
@@ -285,15 +328,14 @@ class _Trigger(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._on = self._phase_on(epoch)
-        if self.perturb_every == 1:
+        if not self._per_step:
             assign_between_steps(self.model, self.model.perturb, self._on)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.perturb_every > 1:
+        if self._per_step:
             step = self._epoch * self.params["steps"] + batch
-            assign_between_steps(
-                self.model, self.model.perturb,
-                self._on and step % self.perturb_every == 0)
+            assign_between_steps(self.model, self.model.perturb,
+                                 self._on and self._draws_on(step))
 
 
 class PerturbationWindow(_Trigger):
@@ -312,6 +354,12 @@ class PerturbationWindow(_Trigger):
         perturb_every: within the window, the method's step on every
             `perturb_every`-th step only (global steps `t` with
             `t mod perturb_every = 0`), plain steps between.
+        perturb_probability: or, within the window, the method's step on
+            each step with this probability (random switching): a number
+            in [0, 1] or a schedule of the global step giving one (a
+            `keras.optimizers.schedules` object, say). Costs
+            `1 + p` passes a step on average.
+        seed: the seed of the random switch's draws.
 
     Example:
 
@@ -320,14 +368,19 @@ class PerturbationWindow(_Trigger):
     keras_rts.callbacks.PerturbationWindow(start_epoch=100)
     # Interval SAM: the method's step on every 4th step of the whole run.
     keras_rts.callbacks.PerturbationWindow(start_epoch=0, perturb_every=4)
+    # Random switching: SAM's step on each step with probability 0.2.
+    keras_rts.callbacks.PerturbationWindow(start_epoch=0,
+                                           perturb_probability=0.2, seed=1)
     ```
     """
 
     def __init__(self, start_epoch: int | None = None,
                  start_fraction: float | None = None,
                  end_epoch: int | None = None, epochs: int | None = None,
-                 perturb_every: int = 1) -> None:
-        super().__init__(perturb_every)
+                 perturb_every: int = 1,
+                 perturb_probability: float | ScheduleLike | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(perturb_every, perturb_probability, seed)
         if (start_epoch is None) == (start_fraction is None):
             raise ValueError(
                 "Give exactly one of start_epoch and start_fraction, got "
@@ -411,13 +464,16 @@ class LearningRateTrigger(PerturbationWindow):
     """
 
     def __init__(self, lr_fraction: float, epochs: int | None = None,
-                 perturb_every: int = 1) -> None:
+                 perturb_every: int = 1,
+                 perturb_probability: float | ScheduleLike | None = None,
+                 seed: int = 0) -> None:
         if isinstance(lr_fraction, bool) or not isinstance(
                 lr_fraction, numbers.Real) or not 0 < lr_fraction < 1:
             raise ValueError(
                 f"lr_fraction must be a number in (0, 1), got "
                 f"{lr_fraction!r}.")
-        _Trigger.__init__(self, perturb_every)  # no window bounds to check
+        # No window bounds to check.
+        _Trigger.__init__(self, perturb_every, perturb_probability, seed)
         self.lr_fraction = float(lr_fraction)
         self.start_epoch = self.start_fraction = self.end_epoch = None
         self._set_epochs(epochs)

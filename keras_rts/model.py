@@ -139,6 +139,12 @@ class RTSModel(backend.Trainer, keras.Model):
         eta: float = 0.01,
         perturbation: str = "replica",
         sub_batch_size: int | None = None,
+        alpha: float | None = None,
+        gamma: float | None = None,
+        sigma: float | None = None,
+        decay: float | None = None,
+        every: int | None = None,
+        exclude_from_perturbation: list[str] | None = None,
         **kwargs,
     ) -> None:
         if not isinstance(model, keras.Model):
@@ -147,13 +153,27 @@ class RTSModel(backend.Trainer, keras.Model):
                 f"functional model), got {type(model).__name__}."
             )
         backend.check_supported()
-        method_spec = directions.get_method(method, eta=eta)
+        _check_finite_number("eta", eta)
+        method_spec = directions.get_method(
+            method, eta=eta if method == "asam" else None, alpha=alpha,
+            gamma=gamma, sigma=sigma, decay=decay, every=every)
         if radius is None:
             radius = method_spec.default_radius
         _check_finite_number("radius", radius)
-        _check_finite_number("grad_scale", grad_scale, allow_none=True)
+        if method == "wsam" and grad_scale is not None:
+            # WSAM's λ = (1−2γ)/γ is negative for γ > 1/2.
+            _check_finite_number("|grad_scale|", abs(grad_scale))
+        else:
+            _check_finite_number("grad_scale", grad_scale, allow_none=True)
         _check_finite_number("weight_decay", weight_decay)
-        _check_finite_number("eta", eta)
+        if exclude_from_perturbation is not None and (
+                isinstance(exclude_from_perturbation, str)
+                or not all(isinstance(n, str) and n
+                           for n in exclude_from_perturbation)):
+            raise ValueError(
+                "exclude_from_perturbation must be a list of variable names "
+                "or parts of their paths (e.g. ['bias', 'gamma', 'beta']), "
+                f"got {exclude_from_perturbation!r}.")
         if not isinstance(perturb, (bool, np.bool_)):
             raise ValueError(f"perturb must be True or False, got {perturb!r}.")
         perturb = bool(perturb)
@@ -176,6 +196,11 @@ class RTSModel(backend.Trainer, keras.Model):
                 f"sub_batch_size forms one ε per sub-batch, but "
                 f"method={method!r} does not perturb (one pass); use "
                 "sub_batch_size=None.")
+        if sub_batch_size is not None and method_spec.memory:
+            raise ValueError(
+                f"sub_batch_size forms one ε per sub-batch, but "
+                f"method={method!r} keeps one {method_spec.memory} between "
+                "steps for the whole batch; use sub_batch_size=None.")
         if sub_batch_size is not None and perturbation == "global":
             raise ValueError(
                 "sub_batch_size forms one ε per sub-batch, which contradicts "
@@ -194,6 +219,11 @@ class RTSModel(backend.Trainer, keras.Model):
         self.eta = float(eta)
         self.perturbation = perturbation
         self.sub_batch_size = sub_batch_size
+        self.options = dict(alpha=alpha, gamma=gamma, sigma=sigma,
+                            decay=decay, every=every)
+        self.exclude_from_perturbation = (
+            None if exclude_from_perturbation is None
+            else list(exclude_from_perturbation))
         self._method = method_spec
         # The constructor's values, for get_config; the current values are
         # state, saved with the weights.
@@ -221,9 +251,19 @@ class RTSModel(backend.Trainer, keras.Model):
             "skipped_steps", 0, backend.INT, "only_first_replica"
         )
         self.timing = TimingState(name="timing")
+        self._host_variables = [self.perturb]
+        if method_spec.every:
+            # LookSAM's place in its cycle of k steps, counted on the host.
+            with keras.name_scope(self.name, caller=self):
+                self.method_steps = PhaseVariable(0, name="method_steps",
+                                                  dtype=backend.INT)
+            self._host_variables.append(self.method_steps)
+        self.memory = None
         self._state_index = {}
+        self._perturbed_mask = None
         self._perturbing = True  # the phase a TensorFlow trace is for
         if model.built:
+            self._build_memory()
             self.built = True
 
     def build(self, input_shape):
@@ -232,7 +272,18 @@ class RTSModel(backend.Trainer, keras.Model):
         if not self.model.built and not getattr(self.model.build,
                                                 "_is_default", False):
             self.model.build(input_shape)
+        if self.model.built:
+            self._build_memory()
         self.built = True
+
+    def _build_memory(self):
+        """The method's memory (`directions.Method.memory`): one
+        non-trainable variable per trainable one, zeros at first, saved,
+        restored and committed with the step like the rest of the state."""
+        if self._method.memory is None or self.memory is not None:
+            return
+        self.memory = MethodMemory(self.model.trainable_variables,
+                                   name=self._method.memory)
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
@@ -254,32 +305,92 @@ class RTSModel(backend.Trainer, keras.Model):
 
     def _next_phase(self):
         """The phase of the next step, from the host's copy of `perturb`
-        (`keras_rts.phase`): never a read of the device."""
-        return self._method_on(self.perturb.host_value)
+        (`keras_rts.phase`): never a read of the device. `False` (a plain
+        step), `True` (the method's step), or for LookSAM `REUSE` (its
+        one-pass step) on all but every k-th step of its phase."""
+        on = self._method_on(self.perturb.host_value)
+        if not (on and self._method.every):
+            return on
+        position = self.method_steps.host_value
+        self.method_steps.assign(position + 1)
+        return True if position % self._method.every == 0 else REUSE
+
+    def _perturbed(self):
+        """Which trainable variables ε perturbs: all but those whose path
+        contains a name of `exclude_from_perturbation`."""
+        variables = self.trainable_variables
+        if (self._perturbed_mask is None
+                or len(self._perturbed_mask) != len(variables)):
+            names = self.exclude_from_perturbation or ()
+            self._perturbed_mask = [
+                not any(n in v.path for n in names) for v in variables]
+            if names and not any(self._perturbed_mask):
+                raise ValueError(
+                    f"exclude_from_perturbation={list(names)} leaves no "
+                    "trainable variable to perturb.")
+        return self._perturbed_mask
 
     def _passes(self, pass_fn, batch, weights, state, settings, perturbing,
-                sources=None):
+                sources=None, loss_scale=None):
         """This (sub-)batch's passes: `g`, and `g*` at `w + ε` if perturbing.
 
         `pass_fn(batch, weights, state) -> (loss, y_pred, grads,
         new_state)` is the backend's forward/backward pass at the given
         values, writing no variable. `sources(g)` gives the gradients ε is
-        formed from (the replicas' sum for `perturbation="global"`).
+        formed from (the replicas' sum for `perturbation="global"`). The
+        method's memory is read from `state` and its update returned in
+        the new state.
         """
         loss, y_pred, grads, new_state = pass_fn(batch, weights, state)
-        if not (self._method_on(perturbing) and self._method.epsilon):
+        method = self._method
+        if not (self._method_on(perturbing) and method.epsilon):
             return Passes(loss, y_pred, grads, grads, new_state)
         radius, grad_scale = settings
         g = _zeros_for_none(grads, weights)
-        epsilon = self._method.epsilon(
-            g if sources is None else sources(g), weights, radius)
-        perturbed = [w + e for w, e in zip(weights, epsilon)]
+        memory = self._memory_values(state)
+        if perturbing == REUSE:  # LookSAM between its two-pass steps
+            direction = directions.combine(method.reuse(g, memory), g,
+                                           grad_scale)
+            return Passes(loss, y_pred, grads, _none_where(direction, grads),
+                          new_state)
+        mask = self._perturbed()
+        source = [s for s, m in zip(g if sources is None else sources(g),
+                                    mask) if m]
+        chosen = [w for w, m in zip(weights, mask) if m]
+        if method.memory == "average":
+            if loss_scale is not None:  # the average is of true gradients
+                source = [s / ops.cast(loss_scale, s.dtype) for s in source]
+            epsilon, average = method.epsilon(
+                source, chosen, radius, [a for a, m in zip(memory, mask) if m])
+            memory = _fill(average, mask, memory)
+        else:
+            epsilon = method.epsilon(source, chosen, radius)
+        perturbed = [w + e for w, e in zip(chosen, epsilon)]
+        perturbed = _fill(perturbed, mask, weights)
         # Its state updates are dropped: statistics move in the first pass.
         _, _, perturbed_grads, _ = pass_fn(batch, perturbed, new_state)
-        direction = directions.combine(
-            _zeros_for_none(perturbed_grads, weights), g, grad_scale)
+        g_star = _zeros_for_none(perturbed_grads, weights)
+        direction = (method.direction or directions.combine)(
+            g_star, g, grad_scale)
+        if method.memory == "orthogonal":
+            memory = directions.looksam_orthogonal(g_star, g)
         return Passes(loss, y_pred, grads, _none_where(direction, grads),
-                      new_state)
+                      self._with_memory(new_state, memory))
+
+    def _memory_values(self, state):
+        if self.memory is None:
+            return None
+        read = self._state_reader(state)
+        return [read(v) for v in self.memory.tensors]
+
+    def _with_memory(self, state, memory):
+        if self.memory is None:
+            return state
+        state = list(state)
+        for variable, value in zip(self.memory.tensors, memory):
+            index = self._state_index[id(variable)]
+            state[index] = ops.cast(value, state[index].dtype)
+        return state
 
     def _sub_batch_passes(self, pass_fn, batch, weights, state, settings):
         """`_passes` per sub-batch of `sub_batch_size` examples, averaged.
@@ -360,8 +471,15 @@ class RTSModel(backend.Trainer, keras.Model):
             sources = None
             if self.perturbation == "global" and sum_over_replicas:
                 sources = sum_over_replicas
+            if self._method.memory and sum_over_replicas is not None:
+                raise ValueError(
+                    f"method={self.method!r} keeps one "
+                    f"{self._method.memory} between steps, which several "
+                    "replicas of a tf.distribute strategy would each write: "
+                    "train it on one device, or on several with "
+                    "keras.distribution under JAX.")
             passes = self._passes(pass_fn, batch, weights, state, settings,
-                                  perturbing, sources)
+                                  perturbing, sources, loss_scale)
         grads, direction = passes.grads, passes.direction
         one_pass = direction is grads  # d = g: no second pass was made
         failed = ops.cast(ops.logical_not(ops.all(ops.isfinite(
@@ -397,7 +515,8 @@ class RTSModel(backend.Trainer, keras.Model):
                          for d in direction]
         it = iter(direction)
         direction = [next(it) if p else None for p in present]
-        passes_made = 2 if method_on and self._method.epsilon else 1
+        passes_made = (2 if method_on and self._method.epsilon
+                       and perturbing != REUSE else 1)
         new_state = self._committed_state(
             state, passes.state, passes_made, grad_norm, finite)
         return Step(passes.loss, passes.y_pred, direction, new_state, finite,
@@ -422,9 +541,10 @@ class RTSModel(backend.Trainer, keras.Model):
         skipped = ops.cast(ops.logical_not(finite), backend.INT)
         index = self._state_index[id(self.skipped_steps)]
         updated[index] = updated[index] + skipped
-        # `perturb` is set between steps (keras_rts.phase): carried as is.
-        index = self._state_index[id(self.perturb)]
-        updated[index] = state[index]
+        # The phase is set between steps (keras_rts.phase): carried as is.
+        for variable in self._host_variables:
+            index = self._state_index[id(variable)]
+            updated[index] = state[index]
         return updated
 
     def _state_reader(self, state):
@@ -520,6 +640,7 @@ class RTSModel(backend.Trainer, keras.Model):
         self._check_optimizer(self.optimizer)
         if not all(layer.built for layer in self._flatten_layers()):
             self._symbolic_build(data_batch=batch)
+        self._build_memory()
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
@@ -536,8 +657,12 @@ class RTSModel(backend.Trainer, keras.Model):
                 "eta": self.eta,
                 "perturbation": self.perturbation,
                 "sub_batch_size": self.sub_batch_size,
+                **{k: v for k, v in self.options.items() if v is not None},
             }
         )
+        if self.exclude_from_perturbation is not None:
+            config["exclude_from_perturbation"] = \
+                self.exclude_from_perturbation
         return config
 
     @classmethod
@@ -547,6 +672,32 @@ class RTSModel(backend.Trainer, keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+REUSE = "reuse"
+"""LookSAM's one-pass phase (`RTSModel._next_phase`)."""
+
+
+class MethodMemory(keras.layers.Layer):
+    """What a method keeps between steps (LookSAM's `g_v`, Friendly-SAM's
+    average): one non-trainable variable per trainable variable of the
+    network, zeros at first, in `tensors`. A layer of the `RTSModel`, so
+    saved, loaded and restored by `BackupAndRestore` with the weights."""
+
+    def __init__(self, like, **kwargs):
+        super().__init__(**kwargs)
+        self.tensors = [
+            self.add_weight(name=v.path.replace("/", "_"), shape=v.shape,
+                            initializer="zeros", dtype=v.dtype,
+                            trainable=False)
+            for v in like]
+        self.built = True
+
+
+def _fill(chosen, mask, rest):
+    """`chosen` where `mask` is true, `rest` elsewhere (one list)."""
+    it = iter(chosen)
+    return [next(it) if m else r for m, r in zip(mask, rest)]
 
 
 def _zeros_for_none(grads, weights):

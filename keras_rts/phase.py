@@ -20,19 +20,22 @@ from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 
 class PhaseVariable(keras.Variable):
-    """A scalar boolean model variable whose value the host also keeps.
+    """A scalar model variable (boolean, or an integer count) whose value
+    the host also keeps.
 
-    `host_value` is the variable's value as a Python bool, kept by
+    `host_value` is the variable's value as a Python bool or int, kept by
     `assign` without reading the device: a Python or NumPy value (what
     callbacks and weight files give) is taken as it is; a tensor is read
     once, at that assignment. Assigning inside a traced step is refused:
     the phase is chosen between steps.
     """
 
-    def __init__(self, value, name):
-        super().__init__(initializer=keras.initializers.Constant(bool(value)),
-                         shape=(), dtype="bool", trainable=False, name=name)
-        self.host_value = bool(value)
+    def __init__(self, value, name, dtype="bool"):
+        self._cast = bool if dtype == "bool" else int
+        super().__init__(
+            initializer=keras.initializers.Constant(self._cast(value)),
+            shape=(), dtype=dtype, trainable=False, name=name)
+        self.host_value = self._cast(value)
         self._from_device = False  # see `device_values_follow_host`
 
     def assign(self, value):
@@ -40,7 +43,7 @@ class PhaseVariable(keras.Variable):
             # A step's own bookkeeping or the JAX trainer writing back
             # its state: the host value is already the truth.
             return super().assign(value)
-        host = _host_bool(value, self.path)
+        host = self._cast(_host_value(value, self.path))
         result = super().assign(value)
         self.host_value = host
         return result
@@ -55,14 +58,14 @@ class PhaseVariable(keras.Variable):
             yield
         finally:
             self._from_device = False
-        super().assign(np.bool_(self.host_value))
+        super().assign(np.asarray(self.host_value, self.dtype))
 
 
-def _host_bool(value, path):
+def _host_value(value, path):
     if isinstance(value, (bool, np.bool_, int, np.integer, np.ndarray)):
-        return bool(value)
+        return value
     try:
-        return bool(np.asarray(keras.ops.convert_to_numpy(value)))
+        return np.asarray(keras.ops.convert_to_numpy(value))
     except Exception as error:  # a symbolic tensor or a tracer
         raise ValueError(
             f"{path} chooses which compiled step runs next, on the host: "

@@ -75,6 +75,28 @@ def perturbation(method, grads, params, radius, eta=0.01):
 
 DEFAULT_GRAD_SCALE = {"sam": 0.0, "asam": 0.0, "pugd": 1.0}
 DEFAULT_RADIUS = {"sam": 0.05, "asam": 0.5, "pugd": 1.0}  # SPEC §4.
+SAM_FAMILY = ("gsam", "wsam", "fsam", "looksam")
+for _name in SAM_FAMILY:
+    DEFAULT_RADIUS[_name] = 0.05
+    DEFAULT_GRAD_SCALE[_name] = 0.0
+# The SAM variants' own settings as published (GSAM α, WSAM γ, Friendly-SAM
+# σ and decay, LookSAM α and k).
+DEFAULT_OPTIONS = {"gsam": dict(alpha=0.4), "wsam": dict(gamma=0.9),
+                   "fsam": dict(sigma=1.0, decay=0.9),
+                   "looksam": dict(alpha=0.7, every=5)}
+
+
+def flat(tensors):
+    """One long vector of a list of arrays."""
+    return np.concatenate([np.ravel(t) for t in tensors])
+
+
+def unflat(vector, like):
+    out, start = [], 0
+    for t in like:
+        out.append(vector[start:start + t.size].reshape(t.shape))
+        start += t.size
+    return out
 
 
 class ReferenceTrainer:
@@ -82,8 +104,15 @@ class ReferenceTrainer:
 
     def __init__(self, params, moving, method, radius=None, grad_scale=None,
                  perturb=True, lr=0.1, momentum=0.9, weight_decay=0.0,
-                 coupled_weight_decay=0.0, sub_batch_size=None):
+                 coupled_weight_decay=0.0, sub_batch_size=None,
+                 perturbed=None, **options):
         self.sub_batch_size = sub_batch_size
+        self.options = dict(DEFAULT_OPTIONS.get(method, {}), **options)
+        # Which parameters ε perturbs (all by default).
+        self.perturbed = perturbed or [True] * len(params)
+        self.average = None  # Friendly-SAM's m, before its first step
+        self.orthogonal = None  # LookSAM's g_v
+        self.position = 0  # LookSAM's steps in the method's phase
         self.params = [np.asarray(p, np.float64) for p in params]
         self.moving_mean, self.moving_var = [
             np.asarray(m, np.float64) for m in moving
@@ -142,6 +171,8 @@ class ReferenceTrainer:
                            + var * (1 - BN_MOMENTUM))
         if self.method == "sgd" or not self.perturb:
             return g
+        if self.method in SAM_FAMILY:
+            return self.sam_family_direction(x, y, g)
         if self.method == "ugd":
             d = g
         else:
@@ -154,6 +185,47 @@ class ReferenceTrainer:
             n = norm(d)
             d = [t / (n + DELTA) for t in d]
         return d
+
+    def sam_family_direction(self, x, y, g):
+        """GSAM, WSAM, Friendly-SAM and LookSAM, from their papers, on
+        flat vectors (ε on the `perturbed` parameters only)."""
+        o, lam = self.options, self.grad_scale
+        gv = flat(g)
+        mask = flat([np.full(p.shape, m) for p, m in
+                     zip(self.params, self.perturbed)])
+        if self.method == "looksam":
+            position, self.position = self.position, self.position + 1
+            if position % o["every"] != 0:  # one pass, the stored g_v
+                v = self.orthogonal
+                g_star = gv + o["alpha"] * np.linalg.norm(gv) / (
+                    np.linalg.norm(v) + DELTA) * v
+                return unflat(g_star + lam * gv, g)
+        u = gv
+        if self.method == "fsam":
+            if self.average is None:
+                self.average = gv.copy()
+            else:
+                u = gv - o["sigma"] * self.average
+                self.average = (o["decay"] * self.average
+                                + (1 - o["decay"]) * gv)
+        u = u * mask
+        eps = self.radius * u / (np.linalg.norm(u) + DELTA)
+        _, g_star, _ = forward_backward(
+            [w + e for w, e in zip(self.params, unflat(eps, g))], x, y)
+        self.grad_evals += 1
+        s = flat(g_star)
+        if self.method == "gsam":
+            g_perp = gv - (gv @ s) / (s @ s + DELTA) * s
+            d = s + lam * gv - o["alpha"] * g_perp
+        elif self.method == "wsam":
+            gamma = o["gamma"]
+            # ∇[f(w) + γ/(1−γ)·(f(w+ε) − f(w))]
+            d = gamma / (1 - gamma) * s + (1 - 2 * gamma) / (1 - gamma) * gv
+        else:
+            d = s + lam * gv
+            if self.method == "looksam":
+                self.orthogonal = s - (gv @ s) / (gv @ gv + DELTA) * gv
+        return unflat(d, g)
 
     def step(self, x, y):
         d = self.direction(np.asarray(x, np.float64), np.asarray(y))

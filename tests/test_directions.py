@@ -70,7 +70,10 @@ def test_combine_and_weight_decay():
 
 def test_method_table_matches_spec():
     m = directions.METHODS
-    assert sorted(m) == ["asam", "pugd", "sam", "sgd", "ugd"]
+    assert sorted(m) == ["asam", "fsam", "gsam", "looksam", "pugd", "sam",
+                         "sgd", "ugd", "wsam"]
+    assert [m[k].passes for k in ("gsam", "wsam", "fsam", "looksam")] == [
+        2, 2, 2, 1.2]
     assert [m[k].normalize for k in ("sgd", "ugd", "sam", "asam", "pugd")] == [
         False, True, False, False, True]
     assert m["pugd"].default_grad_scale == 1.0

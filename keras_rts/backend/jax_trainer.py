@@ -7,6 +7,8 @@ computation (GSPMD): `g` is the global batch's gradient, so ε is the
 global one; a per-device ε is `sub_batch_size` = the per-device batch.
 """
 
+import contextlib
+
 import jax
 import keras
 from keras import ops
@@ -82,10 +84,13 @@ class Trainer:
 
     def jax_state_sync(self):
         """Keras' write-back of the step state into the variables, leaving
-        `perturb` as the host holds it: a step never changes it, and an
-        assignment between steps (`perturb.assign`, which also sets the
-        host's copy) reaches the variable, not the state `fit` carries."""
-        with self.perturb.device_values_follow_host():
+        `perturb` (and LookSAM's `method_steps`) as the host holds it: a
+        step never changes it, and an assignment between steps
+        (`perturb.assign`, which also sets the host's copy) reaches the
+        variable, not the state `fit` carries."""
+        with contextlib.ExitStack() as stack:
+            for variable in self._host_variables:
+                stack.enter_context(variable.device_values_follow_host())
             super().jax_state_sync()
 
     def _sub_batch_loop(self, batch, size, body, carry):

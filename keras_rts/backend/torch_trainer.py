@@ -1,8 +1,9 @@
 """`RTSModel`'s step on PyTorch: each pass is autograd on the weights'
 values mapped into a `keras.StatelessScope` (no variable written, no
-`.grad` accumulated), one step function per phase, and the new weights,
-optimizer state and model state committed together by assignment, kept
-where the step is not finite (`torch.where`: no read of the device)."""
+`.grad` accumulated), one step function per phase; the optimizer updates
+the weights in place through Keras' own torch path, and where the step is
+not finite the weights, optimizer state and model state keep their values
+from before it (`torch.where`: no read of the device)."""
 
 import keras
 import torch
@@ -26,20 +27,17 @@ class Trainer:
             self._pass, batch, weights, state_values, self._perturbing,
             loss_scale=optimizer.dynamic_scale.value if scaled else None)
         with torch.no_grad():
-            optimizer_values = [v.value for v in optimizer.variables]
-            # Keras' torch optimizers update their operands in place
-            # (`torch._foreach_*`), stateless or not: they get copies.
-            new_weights, new_optimizer = optimizer.stateless_apply(
-                [v.clone() for v in optimizer_values], step.direction,
-                [w.clone() for w in weights])
-            if not scaled:  # a LossScaleOptimizer skips non-finite steps
-                new_weights = _where(step.finite, new_weights, weights)
-                new_optimizer = _where(step.finite, new_optimizer,
-                                       optimizer_values)
-            for variable, old, new in zip(
-                    [*trainable, *optimizer.variables, *state],
-                    [*weights, *optimizer_values, *state_values],
-                    [*new_weights, *new_optimizer, *step.state]):
+            # The optimizer updates the variables in place, as in Keras'
+            # own torch trainer; where the step is not finite they take
+            # back their values from before it (a select: no device
+            # read). A LossScaleOptimizer skips such steps itself.
+            kept = [] if scaled else [*trainable, *optimizer.variables]
+            before = [v.value.clone() for v in kept]
+            optimizer.apply(step.direction, trainable)
+            for variable, value in zip(kept, before):
+                torch.where(step.finite, variable.value, value,
+                            out=variable.value)
+            for variable, old, new in zip(state, state_values, step.state):
                 if new is not old:
                     variable.assign(new)
         self._loss_tracker.update_state(

@@ -15,6 +15,13 @@ from keras_rts.experiment.flags import flag_error
 tf = _extras.require("tensorflow", "keras_rts.experiment")
 
 
+def _within_phase(s):
+    """Interval mode or random switching, as the trigger's arguments."""
+    if s.perturb_probability is not None:
+        return dict(perturb_probability=s.perturb_probability, seed=s.seed)
+    return dict(perturb_every=s.perturb_every)
+
+
 def _trigger(s):
     every = dict(perturb_every=s.perturb_every, epochs=s.epochs)
     if s.timing == "variance":
@@ -23,6 +30,7 @@ def _trigger(s):
     if s.timing == "gap":
         return rts_callbacks.GeneralizationGapTrigger(
             xi=s.gap_xi, mu=s.gap_mu, t=s.gap_t, **every)
+    every = dict(_within_phase(s), epochs=s.epochs)
     if s.timing == "lr":
         return rts_callbacks.LearningRateTrigger(s.lr_fraction, **every)
     return rts_callbacks.PerturbationWindow(
@@ -34,7 +42,8 @@ TRIGGER_FLAGS = {
     "end_epoch": "end_epoch", "lr_fraction": "lr_fraction",
     "perturb_every": "perturb_every", "t0": "variance_t0",
     "gamma": "variance_gamma", "k": "variance_k", "xi": "gap_xi",
-    "mu": "gap_mu", "t": "gap_t"}
+    "mu": "gap_mu", "t": "gap_t",
+    "perturb_probability": "perturb_probability"}
 """The flag of each argument of the timing callbacks."""
 
 
@@ -65,7 +74,13 @@ def method_plan(s):
     method = s.recipe_method
     kwargs = dict(method=s.step, radius=radius[0], grad_scale=grad_scale[0],
                   weight_decay=s.weight_decay, perturbation=s.perturbation,
-                  sub_batch_size=s.sub_batch_size)
+                  sub_batch_size=s.sub_batch_size,
+                  exclude_from_perturbation=(
+                      None if s.exclude_from_perturbation is None
+                      else list(s.exclude_from_perturbation)),
+                  **{name: getattr(s, name) for name in
+                     ("alpha", "gamma", "sigma", "decay", "every")
+                     if getattr(s, name) is not None})
     callbacks = []
     if method.takes("r"):
         with _naming("radius"):
@@ -79,10 +94,10 @@ def method_plan(s):
     with _naming("timing", TRIGGER_FLAGS):
         if method.takes("t"):
             callbacks.append(_trigger(s))
-        elif s.perturb_every != 1:  # interval mode over the whole run
+        elif s.perturb_every != 1 or s.perturb_probability is not None:
+            # Interval mode or random switching over the whole run.
             callbacks.append(rts_callbacks.PerturbationWindow(
-                start_epoch=0, epochs=s.epochs,
-                perturb_every=s.perturb_every))
+                start_epoch=0, epochs=s.epochs, **_within_phase(s)))
     return kwargs, callbacks
 
 

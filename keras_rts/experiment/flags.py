@@ -110,5 +110,13 @@ FLAG_TYPES = {
     "variance_k": _number(int, minimum=2), "gap_xi": positive_int,
     "gap_mu": _number(float, minimum=0, low_open=True), "gap_t": positive_int,
     "sub_batch_size": positive_int,
+    "alpha": non_negative_float,
+    "gamma": _number(float, minimum=0, maximum=1, low_open=True,
+                     high_open=True),
+    "sigma": non_negative_float,
+    "decay": _number(float, minimum=0, maximum=1, high_open=True),
+    "every": positive_int,
+    "perturb_probability": _number(float, minimum=0, maximum=1,
+                                   low_open=True),
 }
 """The flags' parsers: bounds a value can be checked against on its own."""

@@ -61,6 +61,10 @@ METHODS = {m.name: m for m in (
     RecipeMethod("sam", "sam", ""),
     RecipeMethod("asam", "asam", ""),
     RecipeMethod("pugd", "pugd", ""),
+    RecipeMethod("gsam", "gsam", ""),
+    RecipeMethod("wsam", "wsam", ""),
+    RecipeMethod("fsam", "fsam", ""),
+    RecipeMethod("looksam", "looksam", ""),
     RecipeMethod("r", None, "r", radius=(1.0, 0.1)),
     RecipeMethod("t", None, "t"),
     RecipeMethod("s", None, "s", grad_scale=(1.0, 0.5)),
@@ -89,7 +93,7 @@ committed run's settings.json spells out the values it ran with, so a
 later change of these defaults leaves documented runs as they were."""
 
 
-BASE_METHODS = ("pugd", "sam", "asam")
+BASE_METHODS = ("pugd", "sam", "asam", "gsam", "wsam", "fsam", "looksam")
 """The steps the controls can drive (`--base-method`)."""
 
 
@@ -204,6 +208,25 @@ class Settings:
         "replica", "with several replicas: ε from each replica's gradient "
         "(replica) or from the all-reduced one (global)",
         choices=("replica", "global"))
+    alpha: Optional[float] = _field(
+        None, "gsam: weight α of the orthogonal part (default 0.4); "
+        "looksam: weight α of the stored g_v (default 0.7)")
+    gamma: Optional[float] = _field(
+        None, "wsam: weight γ of the sharpness, in (0, 1) (default 0.9)")
+    sigma: Optional[float] = _field(
+        None, "fsam: σ, how much of the gradient average ε leaves out "
+        "(default 1)")
+    decay: Optional[float] = _field(
+        None, "fsam: decay of the gradient average, in [0, 1) (default 0.9)")
+    every: Optional[int] = _field(
+        None, "looksam: k, the two-pass step on every k-th step (default 5)")
+    perturb_probability: Optional[float] = _field(
+        None, "random switching: the method's step on each step of the "
+        "perturbing phase with this probability, drawn from --seed "
+        "(fixed and lr timings, or the whole run)")
+    exclude_from_perturbation: Optional[Tuple[str, ...]] = _field(
+        None, "variables ε leaves out: names or parts of their paths "
+        "(e.g. bias gamma beta)", nargs="+")
     sub_batch_size: Optional[int] = _field(
         None, "m: form ε per sub-batch of m examples of each replica's "
         "batch and average (m-sharpness); default one ε per batch")
@@ -306,6 +329,11 @@ def unused_flags(settings):
     applies = {
         "radius": perturbs, "grad_scale": perturbs,
         "sub_batch_size": perturbs, "perturbation": perturbs,
+        "perturb_probability": perturbs and (not timed or s.timing in (
+            "fixed", "lr")),
+        "exclude_from_perturbation": perturbs,
+        **{name: name in directions.OPTIONS.get(s.step, {})
+           for name in METHOD_OPTIONS},
         "radius_shape": m.takes("r"), "grad_scale_shape": m.takes("s"),
         "timing": timed,
         "start_fraction": timed and s.timing == "fixed",
@@ -333,9 +361,23 @@ def _listed(names):
     return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
+METHOD_OPTIONS = ("alpha", "gamma", "sigma", "decay", "every")
+"""The SAM variants' own settings (`keras_rts.directions.OPTIONS`)."""
+
+
 def _why_unused(s, name):
-    if name in ("radius", "grad_scale", "sub_batch_size", "perturbation"):
+    if name in ("radius", "grad_scale", "sub_batch_size", "perturbation",
+                "exclude_from_perturbation") or (
+                    name == "perturb_probability" and s.step in ("sgd",
+                                                                 "ugd")):
         return f"method {s.method} never perturbs"
+    if name == "perturb_probability":
+        return (f"the {s.timing} timing decides per epoch; random switching "
+                "works with the fixed and lr timings")
+    if name in METHOD_OPTIONS:
+        users = sorted(m for m, o in directions.OPTIONS.items()
+                       if name in o and m != "asam")
+        return f"it is a setting of {_listed(users)}, not of {s.step}"
     if name == "test_examples":
         return "--validation-examples evaluates on held-out training images"
     if name == "timing" or not s.recipe_method.takes("t"):
@@ -376,6 +418,12 @@ def validate(settings, refuse_unused=True):
                          f"must be in (0, 1), got {s.lr_fraction}")
     if s.perturb_every != 1 and s.step in ("sgd", "ugd"):
         raise flag_error("perturb_every", f"method {s.method} never perturbs")
+    if s.perturb_probability is not None and s.perturb_every != 1:
+        raise flag_error("perturb_probability", "give it or --perturb-every, "
+                         "not both")
+    if s.sub_batch_size is not None and s.step in ("fsam", "looksam"):
+        raise flag_error("sub_batch_size", f"{s.step} keeps its memory for "
+                         "the whole batch: no sub-batches")
     for name in ("epochs", "batch_size", "variance_k", "gap_xi", "gap_t",
                  "perturb_every"):
         if getattr(s, name) < 1:
