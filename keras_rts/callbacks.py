@@ -742,12 +742,13 @@ def rts(epochs: int, radius: Sequence[float] = (3.0, 0.1),
                 f"{name} must be a (first, last) pair, got {pair!r}."
             )
         for value in pair:
+            # λ may be negative: WSAM's own λ = (1−2γ)/γ is, for γ > 1/2.
             if isinstance(value, bool) or not isinstance(
-                    value, numbers.Real) or not (
-                        math.isfinite(value) and value >= 0):
+                    value, numbers.Real) or not math.isfinite(value) or (
+                        name == "radius" and value < 0):
+                kind = "non-negative " if name == "radius" else ""
                 raise ValueError(
-                    f"{name} must hold finite non-negative numbers, got "
-                    f"{pair!r}.")
+                    f"{name} must hold finite {kind}numbers, got {pair!r}.")
     window = (start_epoch, start_fraction, end_epoch)
     if timing is None and lr_fraction is not None:
         if window != (None, None, None):

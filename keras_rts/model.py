@@ -81,10 +81,11 @@ class RTSModel(backend.Trainer, keras.Model):
 
     Args:
         model: the `keras.Model` to train.
-        method: one of `"sgd"`, `"ugd"`, `"sam"`, `"asam"`, `"pugd"`.
+        method: one of `"sgd"`, `"ugd"`, `"sam"`, `"asam"`, `"pugd"`,
+            `"gsam"`, `"wsam"`, `"fsam"`, `"looksam"`.
         radius: the perturbation radius `ρ` (non-negative); `None` means
-            the method's default (0.05 for `sam`, 0.5 for `asam`, 1 for
-            `pugd`; `keras_rts.METHODS`).
+            the method's default (0.05 for `sam` and its variants, 0.5 for
+            `asam`, 1 for `pugd`; `keras_rts.METHODS`).
         grad_scale: the gradient scale `λ` in `d = g* + λ · g`; `None` means
             the method's default (1 for `pugd`, 0 for `sam` and `asam`).
         perturb: whether the method's step is on; when false each step is a
@@ -110,7 +111,23 @@ class RTSModel(backend.Trainer, keras.Model):
             sub-batch statistics and its moving statistics take the mean
             of the sub-batches' updates. Steps that do not perturb are
             ordinary full-batch steps. Not with `perturbation="global"`.
+        alpha: GSAM's weight of `g⊥` (0.4) or LookSAM's weight of the
+            stored `g_v` (0.7); `None` for the method's default.
+        gamma: WSAM's `γ` in (0, 1) (0.9): its λ becomes `(1−2γ)/γ` and
+            its direction is scaled by `γ/(1−γ)`.
+        sigma: Friendly-SAM's `σ` (1): ε is formed from `g − σ·m`.
+        decay: the decay of Friendly-SAM's gradient average `m` (0.9).
+        every: LookSAM's `k` (5): its two-pass step on every k-th step of
+            the method's phase, one pass reusing `g_v` between.
+        exclude_from_perturbation: names (or parts of paths) of trainable
+            variables ε leaves at 0, e.g. `["bias", "gamma", "beta"]`;
+            the norms that form ε are over the others only.
         **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    The SAM variants (`gsam`, `wsam`, `fsam`, `looksam`) are described in
+    docs/method.md, "The SAM family"; what `fsam` and `looksam` keep
+    between steps is `memory` (a layer of non-trainable variables, saved
+    and restored with the weights).
 
     Example:
 

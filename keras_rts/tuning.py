@@ -29,8 +29,10 @@ from keras_rts import directions
 from keras_rts import schedules
 
 BASE_METHODS = tuple(name for name, method in directions.METHODS.items()
-                     if method.epsilon is not None)
-"""The steps the controls can drive: the methods that perturb."""
+                     if method.epsilon is not None and name != "wsam")
+"""The steps the search can drive: the methods that perturb, but WSAM,
+whose own λ = (1−2γ)/γ is negative, outside the λ the search schedules
+(WSAM is SAM with that λ and a scaled direction: search `sam`)."""
 
 TIMINGS = ("fixed", "lr", "interval")
 """The timings searched: a fixed start, the learning rate, an interval."""

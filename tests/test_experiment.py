@@ -11,6 +11,7 @@ import sys
 import keras
 import pytest
 
+import keras_rts
 from keras_rts import callbacks, directions, experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,3 +348,48 @@ def test_a_tf_distribute_strategy_is_refused_on_other_backends(
     with pytest.raises(ValueError, match="--strategy: mirrored is a "
                        "tf.distribute strategy, for KERAS_BACKEND=tensorflow"):
         experiment.validate(experiment.Settings(strategy="mirrored"))
+
+
+@pytest.mark.parametrize("flags, kwargs, window", [
+    (dict(method="looksam", every=4, alpha=0.5),
+     dict(method="looksam", every=4, alpha=0.5), None),
+    (dict(method="gsam", alpha=0.1), dict(method="gsam", alpha=0.1), None),
+    (dict(method="wsam", gamma=0.8), dict(method="wsam", gamma=0.8), None),
+    (dict(method="fsam", sigma=0.5, decay=0.6),
+     dict(method="fsam", sigma=0.5, decay=0.6), None),
+    (dict(method="sam", perturb_probability=0.2), dict(method="sam"), 0.2),
+    (dict(method="t", base_method="looksam", perturb_probability=0.5,
+          exclude_from_perturbation=("bias",)),
+     dict(method="looksam", exclude_from_perturbation=["bias"]), 0.5),
+])
+def test_the_sam_family_and_random_switching_in_the_recipes(flags, kwargs,
+                                                           window):
+    s = experiment.Settings(epochs=10, **flags)
+    experiment.validate(s)
+    got, plan = experiment.method_plan(s)
+    assert {k: got[k] for k in kwargs} == kwargs
+    keras_rts.RTSModel(keras.Sequential([keras.Input((3,)),
+                                         keras.layers.Dense(2)]), **got)
+    switches = [c for c in plan if isinstance(c, callbacks.PerturbationWindow)]
+    if window is None:
+        assert not switches
+    else:
+        assert switches[0].perturb_probability == window
+        assert switches[0].seed == s.seed
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(method="sam", alpha=0.3), "--alpha: .*gsam and looksam, not of sam"),
+    (dict(method="pugd", every=3), "--every: .*looksam, not of pugd"),
+    (dict(method="sgd", perturb_probability=0.3),
+     "--perturb-probability: method sgd never perturbs"),
+    (dict(method="sam", perturb_probability=0.3, perturb_every=2),
+     "--perturb-probability: give it or --perturb-every, not both"),
+    (dict(method="t", timing="variance", perturb_probability=0.3),
+     "--perturb-probability: the variance timing decides per epoch"),
+    (dict(method="looksam", sub_batch_size=32),
+     "--sub-batch-size: looksam keeps its memory"),
+])
+def test_sam_family_flags_that_cannot_act_are_refused(flags, message):
+    with pytest.raises(ValueError, match=message):
+        experiment.validate(experiment.Settings(epochs=10, **flags))

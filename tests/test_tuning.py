@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_rts
-from keras_rts import experiment, search, tuning
+from keras_rts import directions, experiment, search, tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, BATCH, TRAIN = 2, 64, 128
@@ -393,3 +393,31 @@ def test_the_confirmation_chooses_the_best_mean_of_a_trial():
                   "trial_29": arm(0.71, 0.72), "trial_21": arm(0.69, 0.73)}
     assert search.confirmed_choice(aggregates) == "29"
     assert search.confirmed_choice({"sgd": arm(0.7)}) is None
+
+
+def test_wsam_is_not_among_the_searched_base_methods():
+    with pytest.raises(ValueError, match="base_methods must be a non-empty "
+                       "subset of .*'looksam'"):
+        tuning.SearchSpace(base_methods=("wsam",))
+
+
+@pytest.mark.parametrize("base", ["gsam", "fsam", "looksam"])
+def test_the_sam_family_are_base_methods_of_the_search(base):
+    space = tuning.SearchSpace(base_methods=(base,), timings=("fixed",),
+                               start_fraction=(0.5, 0.5))
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("grad_scale_schedule", "method")
+    config = tuning.rts_config(hp, epochs=2, space=space)
+    network = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
+    model = keras_rts.RTSModel(network, **config.model_kwargs())
+    assert model.method == base
+    model.compile(optimizer="sgd", loss=keras.losses
+                  .SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _user_data()
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+                        callbacks=config.callbacks())
+    assert history.history["perturb"] == [0, 1]
+    assert np.isfinite(history.history["loss"]).all()
+    # The step's own λ (WSAM's is negative: (1−2γ)/γ).
+    assert history.history["grad_scale"][-1] == pytest.approx(
+        directions.METHODS[base].default_grad_scale)

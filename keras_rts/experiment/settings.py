@@ -209,8 +209,8 @@ class Settings:
         "(replica) or from the all-reduced one (global)",
         choices=("replica", "global"))
     alpha: Optional[float] = _field(
-        None, "gsam: weight α of the orthogonal part (default 0.4); "
-        "looksam: weight α of the stored g_v (default 0.7)")
+        None, "the weight α of gsam's orthogonal part (its own: 0.4) or of "
+        "looksam's stored g_v (its own: 0.7)")
     gamma: Optional[float] = _field(
         None, "wsam: weight γ of the sharpness, in (0, 1) (default 0.9)")
     sigma: Optional[float] = _field(
