@@ -358,6 +358,7 @@ def test_a_tf_distribute_strategy_is_refused_on_other_backends(
     (dict(method="fsam", sigma=0.5, decay=0.6),
      dict(method="fsam", sigma=0.5, decay=0.6), None),
     (dict(method="sam", perturb_probability=0.2), dict(method="sam"), 0.2),
+    (dict(method="sam_random"), dict(method="sam"), 0.2),
     (dict(method="t", base_method="looksam", perturb_probability=0.5,
           exclude_from_perturbation=("bias",)),
      dict(method="looksam", exclude_from_perturbation=["bias"]), 0.5),
@@ -393,3 +394,17 @@ def test_the_sam_family_and_random_switching_in_the_recipes(flags, kwargs,
 def test_sam_family_flags_that_cannot_act_are_refused(flags, message):
     with pytest.raises(ValueError, match=message):
         experiment.validate(experiment.Settings(epochs=10, **flags))
+
+
+def test_interval_sam_is_a_recipe_method_of_its_own():
+    s = experiment.Settings(method="sam_interval", epochs=10)
+    kwargs, plan = experiment.method_plan(s)
+    assert kwargs["method"] == "sam"
+    assert [(type(c), c.perturb_every) for c in plan] == [
+        (callbacks.PerturbationWindow, 5)]
+    # The settings a run saves spell the interval out; a flag overrides it.
+    assert s.resolved().perturb_every == 5
+    assert experiment.Settings(method="sam_random").resolved() \
+        .perturb_probability == 0.2
+    other = experiment.Settings(method="sam_interval", perturb_every=3)
+    assert experiment.method_plan(other)[1][0].perturb_every == 3

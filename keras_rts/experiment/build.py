@@ -70,6 +70,7 @@ def method_plan(s):
     Raises:
         ValueError: naming the flag whose value a callback refuses.
     """
+    s = s.resolved()
     radius, grad_scale = s.method_radius(), s.method_grad_scale()
     method = s.recipe_method
     kwargs = dict(method=s.step, radius=radius[0], grad_scale=grad_scale[0],

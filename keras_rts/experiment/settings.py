@@ -50,6 +50,8 @@ class RecipeMethod:
     grad_scale: Optional[Tuple[float, ...]] = None
     base_method: str = "pugd"
     start_fraction: float = 0.5
+    perturb_every: int = 1
+    perturb_probability: Optional[float] = None
 
     def takes(self, control):
         return control in self.controls
@@ -65,6 +67,8 @@ METHODS = {m.name: m for m in (
     RecipeMethod("wsam", "wsam", ""),
     RecipeMethod("fsam", "fsam", ""),
     RecipeMethod("looksam", "looksam", ""),
+    RecipeMethod("sam_interval", "sam", "", perturb_every=5),
+    RecipeMethod("sam_random", "sam", "", perturb_probability=0.2),
     RecipeMethod("r", None, "r", radius=(1.0, 0.1)),
     RecipeMethod("t", None, "t"),
     RecipeMethod("s", None, "s", grad_scale=(1.0, 0.5)),
@@ -82,6 +86,12 @@ down to 1.55 when `rts` switches to PUGD halfway (`r` perturbs from the
 first epoch, and from 3 it trained 4 points below PUGD on CIFAR-10; from 1
 it trains above, docs/results/README.md). Default λ for `s` and `rts`: from
 PUGD's 1 down to 0.5 over the run, as `keras_rts.callbacks.rts`.
+
+`sam_interval` (SAM's step on every 5th step of the run, plain SGD steps
+between, as Composer's SAM `interval`, ρ unchanged: Composer's docs give
+no scaling) and `sam_random` (SAM's step on each step with probability
+0.2, drawn from the run's seed) are SAM at 1.2× SGD's gradient evaluations,
+the cheap arms beside `looksam` (k = 5) and `rts_searched`.
 
 `rts_searched` is the KerasTuner search's choice on held-out CIFAR-10
 training images (docs/tuning.md; trial 29, the best mean of the three best
@@ -272,8 +282,14 @@ class Settings:
         """
         grad_scale = self.method_grad_scale()
         fixed = self.recipe_method.takes("t") and self.timing == "fixed"
+        within = dict(perturb_every=self.perturb_every,
+                      perturb_probability=self.perturb_probability)
+        if within == dict(perturb_every=1, perturb_probability=None):
+            within = dict(  # none given: the method's own
+                perturb_every=self.recipe_method.perturb_every,
+                perturb_probability=self.recipe_method.perturb_probability)
         return dataclasses.replace(
-            self, radius=self.method_radius(),
+            self, radius=self.method_radius(), **within,
             grad_scale=None if grad_scale == (None,) else grad_scale,
             base_method=None if self.recipe_method.step else self.step,
             start_fraction=(self.method_start_fraction() if fixed
