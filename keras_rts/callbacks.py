@@ -1,4 +1,4 @@
-"""Keras callbacks for the RTS controls (SPEC §2): R, T and S.
+"""Keras callbacks for the RTS controls (docs/method.md, "RTS"; docs/rts.md): R, T and S.
 
 - `RadiusScheduler` and `GradScaleScheduler` assign `RTSModel.radius` and
   `RTSModel.grad_scale` from a schedule, per epoch or per step (R and S).

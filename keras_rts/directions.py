@@ -2,7 +2,7 @@
 
 Every function takes and returns lists of tensors, one per trainable
 variable, and treats the list as one long vector: norms are global L2 norms
-over all tensors together (SPEC §1), and every division by a norm is guarded
+over all tensors together (docs/method.md), and every division by a norm is guarded
 by `DELTA`. Nothing here reads or writes a variable, so each piece can be
 tested alone against NumPy; `keras_rts.RTSModel` composes them.
 

@@ -1,4 +1,4 @@
-"""`RTSModel`: a Keras model trained by sharpness-aware steps (SPEC §1).
+"""`RTSModel`: a Keras model trained by sharpness-aware steps (docs/method.md).
 
 This module holds the method, written once for every backend in
 `keras.ops`: the two passes of one (sub-)batch, the global direction and
@@ -53,7 +53,7 @@ whether the step is applied, and `‖g‖` of the global batch."""
 class RTSModel(backend.Trainer, keras.Model):
     """Wraps a Keras model and trains it with a sharpness-aware step.
 
-    Each training step follows SPEC §1. For `pugd` (the default):
+    Each training step is the method of docs/method.md. For `pugd` (the default):
 
     1. `g = ∇f(w)`, a forward/backward pass in training mode;
     2. `ε = ρ · a / (‖a‖ + δ)`, `a = |w| ⊙ g`;
@@ -71,9 +71,8 @@ class RTSModel(backend.Trainer, keras.Model):
     callbacks can assign them between steps without retracing. The logs
     carry them, with `grad_evals` (forward/backward passes so far),
     `skipped_steps` (steps whose loss or direction was not finite and were
-    not applied), `grad_norm` (‖g‖ of the step's first pass; under several
-    replicas, the mean over replicas of each one's ‖g‖ on its part of the
-    batch) and
+    not applied), `grad_norm` (‖g‖ of the step's first pass: the gradient of
+    the global batch, summed over replicas when there are several) and
     `perturb_start_epoch` (the epoch a timing trigger switched the
     perturbation on, -1 before). What the timing triggers remember is kept
     in `timing` (a `keras_rts.timing_state.TimingState`), saved with the
@@ -314,7 +313,7 @@ class RTSModel(backend.Trainer, keras.Model):
         """
         return self.model.export(filepath, format=format, **kwargs)
 
-    # The method (SPEC §1), stateless and backend-neutral.
+    # The method (docs/method.md), stateless and backend-neutral.
 
     def _method_on(self, perturbing):
         """Whether a step of this phase runs the method (not plain sgd)."""

@@ -1,4 +1,4 @@
-"""Shapes for the radius ρ and the gradient scale λ over training (SPEC §2).
+"""Shapes for the radius ρ and the gradient scale λ over training (docs/method.md, "RTS").
 
 Each schedule is a small serializable object: called with a time `t` (an
 epoch, or a step: the callback decides which) it returns a Python float.

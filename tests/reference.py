@@ -1,4 +1,4 @@
-"""An independent NumPy (float64) reference of SPEC §1, for the tests.
+"""An independent NumPy (float64) reference of docs/method.md, for the tests.
 
 The network is `Dense(h) → BatchNormalization → ReLU → Dense(c)` with a
 softmax cross-entropy loss averaged over the batch, with its backward pass
@@ -74,7 +74,7 @@ def perturbation(method, grads, params, radius, eta=0.01):
 
 
 DEFAULT_GRAD_SCALE = {"sam": 0.0, "asam": 0.0, "pugd": 1.0}
-DEFAULT_RADIUS = {"sam": 0.05, "asam": 0.5, "pugd": 1.0}  # SPEC §4.
+DEFAULT_RADIUS = {"sam": 0.05, "asam": 0.5, "pugd": 1.0}  # docs/method.md
 SAM_FAMILY = ("gsam", "wsam", "fsam", "looksam")
 for _name in SAM_FAMILY:
     DEFAULT_RADIUS[_name] = 0.05

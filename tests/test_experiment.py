@@ -45,6 +45,11 @@ def _check_artefacts(run_dir, method, epochs):
         summary = json.load(f)
     assert SUMMARY_KEYS <= set(summary)
     assert summary["method"] == method
+    # The backend trained on, and every library version that matters.
+    assert summary["keras_backend"] == keras.backend.backend()
+    assert {"keras", "numpy", keras.backend.backend(), "tensorflow",
+            "tensorflow_datasets", "keras_rts", "python"} <= set(
+                summary["versions"])
     assert summary["grad_evals"] == int(float(rows[-1]["grad_evals"]))
     assert summary["best_test_top1"] == max(float(r["val_accuracy"])
                                             for r in rows)
@@ -212,7 +217,7 @@ def test_flags_presets_and_overrides():
         parser.parse_args(["--dataset", "tiny_imagenet"])
 
 
-RECIPE_RADIUS = {  # SPEC §4, and the recipes' r and rts (docs/results)
+RECIPE_RADIUS = {  # docs/method.md, and the recipes' r and rts (docs/results)
     "sgd": (0.0,), "ugd": (0.0,), "sam": (0.05,), "asam": (0.5,),
     "pugd": (1.0,), "t": (1.0,), "s": (1.0,), "r": (1.0, 0.1),
     "rts": (3.0, 0.1)}
@@ -408,3 +413,12 @@ def test_interval_sam_is_a_recipe_method_of_its_own():
         .perturb_probability == 0.2
     other = experiment.Settings(method="sam_interval", perturb_every=3)
     assert experiment.method_plan(other)[1][0].perturb_every == 3
+
+
+def test_resume_of_a_folder_without_a_run_says_there_is_nothing(tfds_dir,
+                                                                tmp_path):
+    missing = str(tmp_path / "typo")
+    with pytest.raises(ValueError, match="--resume: .*typo holds no run to "
+                       "resume"):
+        experiment.check_run(_settings(tfds_dir), missing, resume=True)
+    assert not os.path.exists(missing)

@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, BATCH, TRAIN = 2, 64, 128
 STEPS = TRAIN // BATCH
 
-OWN_RADIUS = {"pugd": 1.0, "sam": 0.05}  # SPEC §4
-OWN_GRAD_SCALE = {"pugd": 1.0, "sam": 0.0}  # SPEC §1
+OWN_RADIUS = {"pugd": 1.0, "sam": 0.05}  # docs/method.md
+OWN_GRAD_SCALE = {"pugd": 1.0, "sam": 0.0}  # docs/method.md
 
 SMALL_SPACE = dict(start_fraction=(0.3, 0.6), lr_fraction=(0.55, 0.9),
                    perturb_every=(2, 3))

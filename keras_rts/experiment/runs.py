@@ -33,7 +33,7 @@ import numpy as np
 from keras_rts import _extras
 from keras_rts import data as data_lib
 from keras_rts import models as models_lib
-from keras_rts import plots
+from keras_rts import plots, reporting
 from keras_rts.benchmarks import Clock
 from keras_rts.experiment.build import (check_data, compile_model, datasets,
                                         make_strategy, method_plan,
@@ -77,10 +77,9 @@ def versions():
 
     import keras_rts
 
-    return {"keras_rts": keras_rts.__version__, "keras": keras.__version__,
+    return {"keras_rts": keras_rts.__version__, **reporting.backend_versions(),
             "tensorflow": tf.__version__, "tensorflow_datasets":
-            tfds.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+            tfds.__version__, "python": platform.python_version()}
 
 
 def _summary(settings, rows, final, grad_evals):
@@ -104,6 +103,7 @@ def _summary(settings, rows, final, grad_evals):
         "perturb_start_epoch": (min(started) if started and has_second_pass
                                 else None),
         "epochs": len(rows),
+        "keras_backend": keras.backend.backend(),
         "versions": versions(),
     }
 
@@ -131,6 +131,10 @@ def check_run(settings, output_dir, resume=False):
                      "run (summary.json); choose another folder — nothing "
                      "was overwritten.")
     started = os.path.exists(os.path.join(output_dir, "settings.json"))
+    if resume and not started:
+        raise flag_error("resume", f"{output_dir} holds no run to resume (no "
+                         "settings.json): check the folder's name, or drop "
+                         "--resume to start a new run there.")
     if started and not resume:
         raise flag_error("output_dir", f"{output_dir} holds an unfinished run: "
                      "pass --resume to continue it, or choose another "

@@ -78,7 +78,7 @@ METHODS = {m.name: m for m in (
                  grad_scale=(0.03374, 0.4884), base_method="sam",
                  start_fraction=0.813),
 )}
-"""The recipes' methods: the steps of SPEC §1, and the R, T, S and RTS
+"""The recipes' methods: the steps of docs/method.md, and the R, T, S and RTS
 controls over a base step. Default ρ (in units of the step's own: SAM's
 CIFAR value 0.05 (Foret et al.), ASAM's 0.5 (Kwon et al.), PUGD's 1): `r` a
 cosine from 1 down to 0.1, `rts` the cosine from 3 to 0.1, which has come
@@ -278,7 +278,7 @@ class Settings:
             the controlled methods `base_method`, and for a fixed timing
             its start) are the values the run uses, so that a saved run
             does not change meaning when a default does. λ stays `None`
-            for the other methods: their λ is the method's own (SPEC §1).
+            for the other methods: their λ is the method's own (docs/method.md).
         """
         grad_scale = self.method_grad_scale()
         fixed = self.recipe_method.takes("t") and self.timing == "fixed"
