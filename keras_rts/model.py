@@ -278,6 +278,7 @@ class RTSModel(backend.Trainer, keras.Model):
         self._state_index = {}
         self._perturbed_mask = None
         self._perturbing = True  # the phase a TensorFlow trace is for
+        self._epoch_steps = [0, 0]  # steps, and those that ran the method
         if model.built:
             self._build_memory()
             self.built = True
@@ -323,8 +324,12 @@ class RTSModel(backend.Trainer, keras.Model):
         """The phase of the next step, from the host's copy of `perturb`
         (`keras_rts.phase`): never a read of the device. `False` (a plain
         step), `True` (the method's step), or for LookSAM `REUSE` (its
-        one-pass step) on all but every k-th step of its phase."""
+        one-pass step) on all but every k-th step of its phase. Counted
+        on the host for the epoch's share of steps that ran the method
+        (`_PhaseShare`)."""
         on = self._method_on(self.perturb.host_value)
+        self._epoch_steps[0] += 1
+        self._epoch_steps[1] += bool(on)
         if not (on and self._method.every):
             return on
         position = self.method_steps.host_value
@@ -618,12 +623,26 @@ class RTSModel(backend.Trainer, keras.Model):
             check = getattr(callback, "check_fit", None)
             if check is not None:
                 check(arguments.arguments)
+        callbacks = [_PhaseShare()] + callbacks
         if arguments.arguments["verbose"] != 0 and not any(
                 isinstance(c, keras.callbacks.ProgbarLogger)
                 for c in callbacks):
-            arguments.arguments["callbacks"] = callbacks + [
-                progbar.ProgbarLogger()]
+            callbacks.append(progbar.ProgbarLogger())
+        arguments.arguments["callbacks"] = callbacks
         return super().fit(*arguments.args[1:], **arguments.kwargs)
+
+    def set_weights(self, weights):
+        """`keras.Model.set_weights`, but `grad_evals` and `skipped_steps`
+        keep their values: they count the work done, which restoring
+        earlier weights (`EarlyStopping(restore_best_weights=True)`) does
+        not undo. Files (`load_weights`, `.keras`, `BackupAndRestore`)
+        restore them with the rest, as a resumed run needs."""
+        counters = (self.grad_evals, self.skipped_steps)
+        done = [np.asarray(keras.ops.convert_to_numpy(c.value))
+                for c in counters]
+        super().set_weights(weights)
+        for counter, value in zip(counters, done):
+            counter.assign(value)
 
     def compile_from_config(self, config):
         # Keras does not re-compile a loaded model whose `compile` is
@@ -688,6 +707,21 @@ class RTSModel(backend.Trainer, keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+class _PhaseShare(keras.callbacks.Callback):
+    """Makes the epoch logs' `perturb` the share of the epoch's steps that
+    ran the method (1 or 0 unless the phase switches within the epoch, as
+    in interval mode or random switching), counted on the host. First among
+    `fit`'s callbacks, so `History`, `CSVLogger` and the rest see it."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model._epoch_steps = [0, 0]
+
+    def on_epoch_end(self, epoch, logs=None):
+        steps, on = self.model._epoch_steps
+        if logs is not None and "perturb" in logs and steps:
+            logs["perturb"] = on / steps
 
 
 REUSE = "reuse"

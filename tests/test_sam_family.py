@@ -247,3 +247,4 @@ def test_the_sam_family_example_of_the_method_page_runs(tmp_path):
     path = tmp_path / "example.py"
     path.write_text(example)
     runpy.run_path(str(path), run_name="__main__")
+

@@ -75,8 +75,9 @@ def expected(hp, epochs, steps, epochs_run=None):
         "radius": _schedule(hp["radius_shape"], first, last, last_epoch,
                             epochs),
         "grad_scale": _schedule(lam_shape, *lam, last_epoch, epochs),
-        "perturb": float(last_epoch >= start
-                         and last_step % every == 0),
+        # The last epoch's share of steps that ran the method.
+        "perturb": sum(1 for t in perturbed if t >= last_epoch * steps
+                       and t <= last_step) / steps,
         "grad_evals": steps * epochs_run + len(perturbed),
     }
 
