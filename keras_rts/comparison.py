@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from keras_rts import experiment, plots, reporting
+from keras_rts import experiment, files, plots, reporting
 
 COSTS = ("grad_evals", "wall_time_seconds", "cpu_time_seconds")
 
@@ -146,9 +146,11 @@ def load_runs(output_dir, methods, seeds):
     for method in methods:
         runs[method] = []
         for seed in seeds:
-            with open(os.path.join(run_dir(output_dir, method, seed),
-                                   "summary.json")) as f:
-                runs[method].append(json.load(f))
+            folder = run_dir(output_dir, method, seed)
+            runs[method].append(files.read_json(
+                os.path.join(folder, "summary.json"),
+                f"delete the run's folder {folder} and run the comparison "
+                "again (it trains that run anew)"))
     return runs
 
 

@@ -55,7 +55,7 @@ _startup.quiet_start(required=False)  # `device` runs without TensorFlow
 
 import keras  # noqa: E402
 
-from keras_rts import benchmarks, reporting  # noqa: E402
+from keras_rts import benchmarks, files, reporting  # noqa: E402
 
 
 def _command(name, args, skip=()):
@@ -132,8 +132,9 @@ def pipeline(args):
 
 def run_cost(args):
     if args.results:
-        with open(os.path.join(args.results, "results.json")) as f:
-            rows = benchmarks.run_cost_of_results(json.load(f))
+        rows = benchmarks.run_cost_of_results(files.read_json(
+            os.path.join(args.results, "results.json"),
+            "run the comparison again to write it (its runs are reused)"))
         table = "\n".join([reporting.markdown_table(
             ["run", "switch epoch k of n", "predicted ÷ sgd", "evals ÷ sgd",
              "CPU time ÷ sgd", "wall time ÷ sgd", "evals ÷ pugd",
@@ -337,7 +338,25 @@ def main(argv=None):
         parser.error(f"--switch-epoch: must be below --epochs={args.epochs}, "
                      f"got {args.switch_epoch}")
     with flag_errors(parser):
+        _check_output(args.output)  # before any measuring
+        if getattr(args, "results", None):
+            files.read_json(os.path.join(args.results, "results.json"),
+                            "run the comparison again to write it (its "
+                            "runs are reused)")
         args.run(args)
+
+
+def _check_output(folder):
+    """`--output` is a folder this process can write into (or create)."""
+    if folder is None:
+        return
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"--output: {folder} is a file, not a folder")
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output: cannot write into {existing}")
 
 
 if __name__ == "__main__":

@@ -422,3 +422,79 @@ def test_resume_of_a_folder_without_a_run_says_there_is_nothing(tfds_dir,
                        "resume"):
         experiment.check_run(_settings(tfds_dir), missing, resume=True)
     assert not os.path.exists(missing)
+
+
+# --- damaged files: named in one line, before any work --------------------
+
+def test_a_damaged_settings_file_is_named_on_resume(tfds_dir, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "settings.json").write_text('{"dataset": "cifar10", "meth')
+    with pytest.raises(ValueError) as error:
+        experiment.check_run(_settings(tfds_dir), str(folder), resume=True)
+    message = str(error.value)
+    assert f"{folder}/settings.json is damaged (not complete JSON" in message
+    assert "\n" not in message
+    (folder / "settings.json").write_text('{"dataset": "cifar10", "colour": 1}')
+    with pytest.raises(ValueError, match="does not know .*colour"):
+        experiment.check_run(_settings(tfds_dir), str(folder), resume=True)
+
+
+def test_a_damaged_backup_is_named_with_what_to_do(tmp_path):
+    from keras_rts.experiment import runs
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epo')
+    with pytest.raises(ValueError, match="training_metadata.json is damaged"
+                       ".*delete the folder"):
+        runs._backup_epoch(str(backup))
+
+
+def test_a_damaged_summary_is_named_by_the_comparison(tmp_path):
+    from keras_rts import comparison
+    folder = comparison.run_dir(str(tmp_path), "sgd", 0)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        f.write("[1, 2")
+    with pytest.raises(ValueError, match="summary.json is damaged.*delete "
+                       "the run's folder"):
+        comparison.load_runs(str(tmp_path), ["sgd"], [0])
+
+
+@pytest.mark.parametrize("setup, flags, message", [
+    ("results", ["run-cost", "--results", "{dir}"],
+     "results.json is damaged (not complete JSON"),
+    ("nothing", ["run-cost", "--results", "{dir}/typo"],
+     "results.json does not exist"),
+    ("file", ["step-cost", "--output", "{dir}/taken"], "is a file, not a "
+                                                        "folder"),
+])
+def test_the_benchmark_checks_its_files_before_measuring(setup, flags,
+                                                         message, tmp_path):
+    (tmp_path / "results.json").write_text('{"methods": ')
+    (tmp_path / "taken").write_text("mine")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "benchmark.py"),
+         *[f.format(dir=tmp_path) for f in flags]],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines()
+             if "error:" in line]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_truncated_backup_of_the_weights_is_named(tmp_path):
+    from keras_rts.experiment import runs
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 3}')
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.save_weights(str(backup / "latest.weights.h5"))
+    assert runs._backup_epoch(str(backup)) == 3
+    data = (backup / "latest.weights.h5").read_bytes()
+    (backup / "latest.weights.h5").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="latest.weights.h5 is damaged"):
+        runs._backup_epoch(str(backup))

@@ -33,7 +33,7 @@ import numpy as np
 from keras_rts import _extras
 from keras_rts import data as data_lib
 from keras_rts import models as models_lib
-from keras_rts import plots, reporting
+from keras_rts import files, plots, reporting
 from keras_rts.benchmarks import Clock
 from keras_rts.experiment.build import (check_data, compile_model, datasets,
                                         make_strategy, method_plan,
@@ -68,8 +68,27 @@ def _backup_epoch(backup_dir):
     path = os.path.join(backup_dir, "training_metadata.json")
     if not os.path.exists(path):
         return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
+    metadata = files.read_json(
+        path, f"delete the folder {backup_dir} to resume from the start of "
+        "the run instead (its history.csv is kept), or start again in a new "
+        "folder")
+    if not isinstance(metadata.get("epoch"), int):
+        raise ValueError(f"{path} is damaged (no epoch): delete the folder "
+                         f"{backup_dir} to resume from the start of the run")
+    weights = os.path.join(backup_dir, "latest.weights.h5")
+    if os.path.exists(weights):
+        import h5py  # Keras' own dependency, for its weight files
+
+        try:
+            with h5py.File(weights, "r") as f:
+                f.visit(lambda name: None)
+        except OSError as e:
+            raise ValueError(
+                f"{weights} is damaged ({e}): delete the folder {backup_dir} "
+                "to resume from the start of the run instead (its "
+                "history.csv is kept), or start again in a new folder") \
+                from None
+    return metadata["epoch"]
 
 
 def versions():

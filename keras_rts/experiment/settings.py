@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import keras
 
 from keras_rts import data as data_lib
-from keras_rts import directions
+from keras_rts import directions, files
 from keras_rts import models as models_lib
 from keras_rts import schedules
 from keras_rts.callbacks import lr_start_epoch
@@ -307,8 +307,14 @@ def load_settings(folder):
     λ were spelt out hold `None` there, which `Settings.resolved` reads as
     today's defaults.
     """
-    with open(os.path.join(folder, "settings.json")) as f:
-        saved = json.load(f)
+    path = os.path.join(folder, "settings.json")
+    remedy = ("restore it, or start the run again in a new folder (nothing "
+              "was changed)")
+    saved = files.read_json(path, remedy)
+    unknown = sorted(set(saved) - set(Settings.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{path} holds settings this version does not know "
+                         f"({', '.join(unknown)}): {remedy}")
     return Settings(**{k: tuple(v) if isinstance(v, list) else v
                        for k, v in saved.items()})
 
