@@ -672,13 +672,14 @@ def rts(epochs: int, radius: Sequence[float] = (3.0, 0.1),
     Defaults, and why: ρ anneals by a cosine from 3 to 0.1 over the run (a
     wide radius while the loss surface is rough, a narrow one to settle);
     plain SGD runs the first half (where PUGD is slower than SGD and costs
-    twice as much), PUGD the second half (where it overtakes), so a run
-    costs 1.5× SGD instead of 2×; λ falls linearly from PUGD's 1 to 0.5,
+    twice as much), PUGD the second half, so a run costs 1.5× SGD instead
+    of 2× (whether PUGD ends above SGD is for the results to say; on the
+    committed benchmarks it does not, docs/guide.md); λ falls linearly from PUGD's 1 to 0.5,
     shifting weight from the plain gradient to the perturbed one as
     training settles (a hypothesis the results comparison puts to the
     test).
 
-    The search and comparisons of issue 13 changed none of these
+    The KerasTuner search and the comparisons changed none of these
     (docs/rts.md, docs/guide.md). What the search chose, the recipes'
     `rts_searched`, is SAM's step (the model's `method`, which these
     callbacks do not set) with a constant ρ of 3.972 × SAM's 0.05 — a

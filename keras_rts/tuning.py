@@ -259,3 +259,28 @@ def rts_config(hp, epochs: int, space: Optional[SearchSpace] = None
         start_fraction=start_fraction if timing == "fixed" else None,
         lr_fraction=lr_fraction if timing == "lr" else None,
         perturb_every=every if timing == "interval" else 1, lr=lr)
+
+
+def searched(epochs: int) -> RTSConfig:
+    """The configuration the KerasTuner search chose on held-out CIFAR-10
+    training images (docs/tuning.md; the recipes' `rts_searched`), for a
+    run of `epochs` epochs: SAM's step from 0.813 of the run, ρ constant at
+    3.972 × SAM's 0.05, λ linear from 0.03374 to 0.4884 — 1.2× SGD's
+    gradient evaluations. How it does on test sets, and where it does not
+    pay: docs/guide.md.
+
+    Example:
+
+    ```python
+    config = keras_rts.tuning.searched(epochs=60)
+    model = keras_rts.RTSModel(net, **config.model_kwargs())
+    model.compile(...)
+    model.fit(..., epochs=60, callbacks=config.callbacks())
+    ```
+    """
+    radius = 3.972 * directions.METHODS["sam"].default_radius
+    return RTSConfig(
+        epochs=rts_callbacks._check_int("epochs", epochs, minimum=1),
+        base_method="sam", radius=(radius, radius), radius_shape="constant",
+        grad_scale=(0.03374, 0.4884), grad_scale_shape="linear",
+        timing="fixed", start_fraction=0.813)

@@ -422,3 +422,21 @@ def test_the_sam_family_are_base_methods_of_the_search(base):
     # The step's own λ (WSAM's is negative: (1−2γ)/γ).
     assert history.history["grad_scale"][-1] == pytest.approx(
         directions.METHODS[base].default_grad_scale)
+
+
+def test_the_searched_configuration_is_a_python_preset_equal_to_the_recipes():
+    config = tuning.searched(epochs=60)
+    row = experiment.METHODS["rts_searched"]
+    s = experiment.Settings(method="rts_searched", epochs=60)
+    kwargs, plan = experiment.method_plan(s)
+    assert config.model_kwargs() == dict(
+        method=row.base_method, radius=pytest.approx(kwargs["radius"]),
+        grad_scale=row.grad_scale[0])
+    assert config.start_fraction == row.start_fraction
+    assert config.grad_scale == row.grad_scale
+    assert config.radius == pytest.approx((kwargs["radius"],) * 2)
+    callbacks = config.callbacks()
+    window = callbacks[-1]
+    assert window.start(60) == plan[-1].start(60) == 48
+    # 12 of 60 epochs perturb: 1.2× SGD's gradient evaluations.
+    assert (60 + (60 - window.start(60))) / 60 == pytest.approx(1.2)
