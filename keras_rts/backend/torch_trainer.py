@@ -1,6 +1,7 @@
-"""`RTSModel`'s step on PyTorch: each pass is autograd on the weights'
-values mapped into a `keras.StatelessScope` (no variable written, no
-`.grad` accumulated), one step function per phase; the optimizer updates
+"""`RTSModel`'s step on PyTorch: the first pass is autograd on the
+variables themselves (as in Keras' own torch trainer, no `.grad`
+accumulated), the second on the perturbed values mapped into a
+`keras.StatelessScope` (no variable written); one step function per phase; the optimizer updates
 the weights in place through Keras' own torch path, and where the step is
 not finite the weights, optimizer state and model state keep their values
 from before it (`torch.where`: no read of the device)."""
@@ -21,11 +22,21 @@ class Trainer:
         trainable = self.trainable_variables
         state = self.non_trainable_variables
         weights = [v.value for v in trainable]
-        state_values = [v.value for v in state]
+        # The step's first pass runs on the variables themselves, as in
+        # Keras' own torch trainer (a StatelessScope costs more per read
+        # than the step's arithmetic); its state updates (BatchNormalization
+        # statistics) land in the variables, so their values before the
+        # step are kept for a step that is not finite.
+        self._direct_pass = not (self.sub_batch_size
+                                 and self._method_on(self._perturbing))
+        with torch.no_grad():
+            state_values = [v.value.clone() if self._direct_pass else v.value
+                            for v in state]
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        step = self._step(
-            self._pass, batch, weights, state_values, self._perturbing,
-            loss_scale=optimizer.dynamic_scale.value if scaled else None)
+        with torch.no_grad():
+            step = self._step(
+                self._pass, batch, weights, state_values, self._perturbing,
+                loss_scale=optimizer.dynamic_scale.value if scaled else None)
         with torch.no_grad():
             # The optimizer updates the variables in place, as in Keras'
             # own torch trainer; where the step is not finite they take
@@ -55,6 +66,9 @@ class Trainer:
         pass assigned. No variable is written (`keras.StatelessScope`).
         """
         x, y, sample_weight = batch
+        if self._direct_pass:  # the step's first pass (see `train_step`)
+            self._direct_pass = False
+            return self._pass_on_the_variables(batch)
         leaves = [w.detach().requires_grad_(True) for w in weights]
         mapping = (list(zip(self.trainable_variables, leaves))
                    + list(zip(self.non_trainable_variables, state)))
@@ -72,6 +86,23 @@ class Trainer:
             new_state.append(old if new is None else
                              ops.cast(new, old.dtype).detach())
         return loss.detach(), y_pred.detach(), list(grads), new_state
+
+    def _pass_on_the_variables(self, batch):
+        """`_pass` at the variables' own values, reading them directly:
+        their state updates are written into them (the caller keeps the
+        values from before)."""
+        x, y, sample_weight = batch
+        trainable = self.trainable_variables
+        with torch.enable_grad():
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                training=True)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = torch.autograd.grad(
+            scaled_loss, [v.value for v in trainable], allow_unused=True)
+        return (loss.detach(), y_pred.detach(), list(grads),
+                [v.value for v in self.non_trainable_variables])
 
     def make_train_function(self, force=False):
         """One step function per phase (perturbing or not), chosen on the
