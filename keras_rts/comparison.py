@@ -32,7 +32,7 @@ def run_dir(output_dir, method, seed):
 
 
 def compare(settings, methods, seeds, output_dir, verbose=2, command=None,
-            name="results"):
+            name="results", bases=None):
     """Trains (or reuses) every run, then writes the results.
 
     Args:
@@ -47,6 +47,8 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None,
         name: the stem of the results files (`<name>.json`, `<name>.md`,
             and the figure): another name keeps several tables over the
             same runs (e.g. more seeds of some methods).
+        bases: the methods the differences are paired against (default
+            `BASES`, those of them compared).
 
     Returns:
         The results (also written to `<name>.json`).
@@ -56,11 +58,11 @@ def compare(settings, methods, seeds, output_dir, verbose=2, command=None,
             (they would be reused as if they were the runs asked for).
     """
     return compare_arms(check(settings, methods, seeds, output_dir), seeds,
-                        output_dir, verbose, command, name)
+                        output_dir, verbose, command, name, bases)
 
 
 def compare_arms(arms, seeds, output_dir, verbose=2, command=None,
-                 name="results"):
+                 name="results", bases=None):
     """`compare` of named configurations: `{name: Settings}`.
 
     The arms need not share a method's defaults: e.g. a search's best
@@ -75,7 +77,7 @@ def compare_arms(arms, seeds, output_dir, verbose=2, command=None,
             wanted, output_dir=folder,
             resume=os.path.exists(os.path.join(folder, "settings.json")),
             verbose=verbose)
-    return write_results(output_dir, list(arms), seeds, command, name)
+    return write_results(output_dir, list(arms), seeds, command, name, bases)
 
 
 def check(settings, methods, seeds, output_dir):
@@ -165,12 +167,13 @@ COSTS_IN_TABLE = ("grad_evals", "cpu_time_seconds", "wall_time_seconds")
 BASES = ("sgd", "pugd")
 
 
-def aggregate(runs):
+def aggregate(runs, bases=None):
     """Each method's mean ± std over seeds, against SGD's and PUGD's.
 
     Args:
         runs: `{method: [summary, …]}`, every method's summaries in the same
             seed order.
+        bases: the methods to pair against, of those run (default `BASES`).
 
     Returns:
         `{method: {metric: {"mean", "std", "values"}, "relative_cost":
@@ -187,8 +190,8 @@ def aggregate(runs):
             key: _mean_std([s[key] for s in summaries])
             for key in ACCURACIES + COSTS
         }
+    bases = [b for b in (bases or BASES) if b in result]
     for method in result:
-        bases = [b for b in BASES if b in result]
         result[method]["relative_cost"] = {
             base: {cost: result[method][cost]["mean"]
                    / result[base][cost]["mean"] for cost in COSTS}
@@ -213,7 +216,7 @@ def _points(d):
 
 def table(aggregates):
     """The markdown tables of `aggregate`'s numbers: accuracy, then cost."""
-    bases = [b for b in BASES if b in aggregates]
+    bases = _bases(aggregates)
     header = ["method", "final top-1 (%)", "best top-1 (%)"]
     header += [f"Δ final vs {b} (pp)" for b in bases]
     header += [f"Δ best vs {b} (pp)" for b in bases]
@@ -278,14 +281,20 @@ def describe(settings):
             + f", {settings['epochs']} epochs")
 
 
-def write_results(output_dir, methods, seeds, command=None, name="results"):
+def _bases(aggregates):
+    """The methods `aggregate` paired against, in its order."""
+    return list(next(iter(aggregates.values()))["difference"])
+
+
+def write_results(output_dir, methods, seeds, command=None, name="results",
+                  bases=None):
     """Writes `<name>.json`, `<name>.md` and the figure from the runs.
 
     The figure is `comparison.png` for the default name, else
     `<name>.png`.
     """
     runs = load_runs(output_dir, methods, seeds)
-    aggregates = aggregate(runs)
+    aggregates = aggregate(runs, bases)
     first = runs[methods[0]][0]["settings"]
     shared = {k: v for k, v in first.items() if k not in ("method", "seed")}
     results = {"methods": list(methods), "seeds": list(seeds),
@@ -296,7 +305,7 @@ def write_results(output_dir, methods, seeds, command=None, name="results"):
     with open(os.path.join(output_dir, name + ".json"), "w") as f:
         json.dump(results, f, indent=2)
     evaluated = runs[methods[0]][0].get("evaluated_on", "test")
-    bases = " and ".join(f"{b.upper()}'s" for b in BASES if b in aggregates)
+    bases = " and ".join(f"{b.upper()}'s" for b in _bases(aggregates))
     with open(os.path.join(output_dir, name + ".md"), "w") as f:
         f.write(
             f"{describe(shared)}, batch {shared['batch_size']}, "

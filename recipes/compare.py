@@ -38,13 +38,23 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", default=[0, 1, 2],
                         type=experiment.FLAG_TYPES["seed"], metavar="SEED",
                         help="seeds of every method (default: 0 1 2)")
+    parser.add_argument("--baselines", nargs="+", default=None,
+                        choices=tuple(experiment.METHODS), metavar="METHOD",
+                        help="methods the differences are paired against "
+                        "(default: " + " and ".join(comparison.BASES)
+                        + ", those compared)")
     args = parser.parse_args(argv)
     settings = experiment.settings_from_args(args)
     with experiment.flag_errors(parser):
         comparison.check(settings, args.methods, args.seeds, args.output_dir)
+        missing = sorted(set(args.baselines or ()) - set(args.methods))
+        if missing:
+            raise ValueError(f"--baselines: {missing} not among --methods: "
+                             "a difference needs both runs.")
     results = comparison.compare(
         settings, args.methods, args.seeds, args.output_dir,
         verbose=args.verbose, name=args.results_name,
+        bases=args.baselines,
         command="python recipes/compare.py " + shlex.join(
             sys.argv[1:] if argv is None else argv))
     print(comparison.table(results["aggregates"]))

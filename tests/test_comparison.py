@@ -424,3 +424,18 @@ def test_every_measured_number_of_a_page_is_read_from_a_committed_table(
         assert found, f"{number} in docs/{page} is in no committed table"
     # A 5,000-image score of about 71 %: its standard error in points.
     assert round(100 * math.sqrt(0.71 * 0.29 / 5000), 2) == 0.64
+
+
+def test_the_differences_can_be_paired_against_other_methods():
+    from keras_rts import comparison
+    folder = os.path.join(ROOT, "docs", "results",
+                          "cifar10_small_resnet_5k_60_noise40")
+    runs = comparison.load_runs(folder, ["sgd", "sam", "pugd"], [0, 1, 2])
+    a = comparison.aggregate(runs, bases=("sgd", "sam"))
+    assert list(a["pugd"]["difference"]) == ["sgd", "sam"]
+    pugd = np.array([r["final_test_top1"] for r in runs["pugd"]])
+    sam = np.array([r["final_test_top1"] for r in runs["sam"]])
+    assert a["pugd"]["difference"]["sam"]["final_test_top1"]["mean"] == \
+        pytest.approx(np.mean(pugd - sam))
+    header = comparison.table(a).split("\n")[0]
+    assert "Δ final vs sam (pp)" in header and "vs pugd" not in header
