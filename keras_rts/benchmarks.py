@@ -426,7 +426,8 @@ def run_cost_of_results(results):
         and PUGD's runs.
 
     Raises:
-        ValueError: without the sgd and pugd runs.
+        ValueError: without the sgd and pugd runs, or without a run that
+            switches (nothing to compare with the prediction).
     """
     runs = results["runs"]
     missing = [m for m in ("sgd", "pugd") if m not in runs]
@@ -457,4 +458,9 @@ def run_cost_of_results(results):
                 "cpu_vs_pugd": summary["cpu_time_seconds"]
                 / mean("pugd", "cpu_time_seconds"),
             })
+    if not rows:
+        raise ValueError(
+            f"run-cost compares runs that switch the perturbation on (t, "
+            f"rts, …) with the prediction; the comparison holds "
+            f"{sorted(runs)}, none of which switches")
     return rows

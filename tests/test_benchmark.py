@@ -120,3 +120,19 @@ def test_the_device_check_runs_without_tensorflow(tmp_path):
     assert "Reference tests on the device: 1 passed" in table
     assert "Not measured (over the time budget): float32 small_resnet " \
         "batch 4." in table
+
+
+def test_run_cost_of_a_comparison_without_a_switch_is_refused(tmp_path,
+                                                              capsys):
+    runs = {"sgd": [_summary("sgd", 0, 100, 10.0)],
+            "pugd": [_summary("pugd", 0, 200, 19.0, start=0)]}
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"runs": runs}))
+    with pytest.raises(SystemExit) as exit_:
+        _benchmark().main(["run-cost", "--results", str(folder), "--output",
+                           str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "none of which switches" in line
+    assert not (tmp_path / "out").exists()
