@@ -123,6 +123,12 @@ class RTSModel(backend.Trainer, keras.Model):
             the norms that form ε are over the others only.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
+    `model.summary()` counts this bookkeeping among the non-trainable
+    parameters (ρ, λ, `perturb`, the two counters and the timing state,
+    whose ring buffer of recent gradient norms holds 1,024: 1,036 values;
+    for `fsam` and `looksam` also their memory, one value per weight);
+    `model.model.summary()` shows the network alone.
+
     The SAM variants (`gsam`, `wsam`, `fsam`, `looksam`) are described in
     docs/method.md, "The SAM family"; what `fsam` and `looksam` keep
     between steps is `memory` (a layer of non-trainable variables, saved

@@ -61,3 +61,18 @@ def test_the_epoch_line_prints_the_counters_as_whole_numbers(capsys):
         assert "skipped_steps: 0" in line and "perturb_start_epoch: 0" in line
         assert "perturb: 0.50" in line, line
         assert "e+00" not in line.split("grad_scale")[0], line
+
+
+def test_the_bookkeeping_in_the_parameter_count_is_what_the_docstring_says():
+    net = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    model = keras_rts.RTSModel(net, method="sam")
+    bookkeeping = sum(int(np.prod(v.shape))
+                      for v in model.non_trainable_variables)
+    assert bookkeeping == 1036
+    assert "1,036 values" in keras_rts.RTSModel.__doc__
+    looksam = keras_rts.RTSModel(
+        keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)]),
+        method="looksam")
+    # Its memory (one value per weight: 5·3 + 3) and its cycle's counter.
+    assert sum(int(np.prod(v.shape))
+               for v in looksam.non_trainable_variables) == 1036 + 18 + 1
