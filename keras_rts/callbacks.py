@@ -1,4 +1,5 @@
-"""Keras callbacks for the RTS controls (docs/method.md, "RTS"; docs/rts.md): R, T and S.
+"""Keras callbacks for the RTS controls, R, T and S (docs/method.md,
+"RTS"; docs/rts.md).
 
 - `RadiusScheduler` and `GradScaleScheduler` assign `RTSModel.radius` and
   `RTSModel.grad_scale` from a schedule, per epoch or per step (R and S).
@@ -674,7 +675,8 @@ def rts(epochs: int, radius: Sequence[float] = (3.0, 0.1),
     plain SGD runs the first half (where PUGD is slower than SGD and costs
     twice as much), PUGD the second half, so a run costs 1.5× SGD instead
     of 2× (whether PUGD ends above SGD is for the results to say; on the
-    committed benchmarks it does not, docs/guide.md); λ falls linearly from PUGD's 1 to 0.5,
+    committed benchmarks it does not, docs/guide.md); λ falls linearly
+    from PUGD's 1 to 0.5,
     shifting weight from the plain gradient to the perturbed one as
     training settles (a hypothesis the results comparison puts to the
     test).

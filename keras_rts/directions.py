@@ -380,7 +380,7 @@ METHODS = {name: _method(name) for name in (
 the SAM variants perturb as SAM does, with its ρ; docs/method.md)."""
 
 
-def _check_option(method, name, value):
+def _check_option(name, value):
     if name == "every":
         if (isinstance(value, bool) or not isinstance(value, int)
                 or value < 1):
@@ -425,5 +425,5 @@ def get_method(name, **options):
                 f"{option}={value!r} is a setting of "
                 f"{' and '.join(users) or 'no method'}, not of "
                 f"method={name!r}.")
-        _check_option(name, option, value)
+        _check_option(option, value)
     return _method(name, **given)

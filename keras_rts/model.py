@@ -342,15 +342,15 @@ class RTSModel(backend.Trainer, keras.Model):
         self.method_steps.assign(position + 1)
         return True if position % self._method.every == 0 else REUSE
 
-    def _perturbed(self):
-        """Which trainable variables ε perturbs: all but those whose path
-        contains a name of `exclude_from_perturbation`."""
-        variables = self.trainable_variables
+    def _perturbed(self, count):
+        """Which of the `count` trainable variables ε perturbs: all but
+        those whose path contains a name of `exclude_from_perturbation`
+        (found once, not at every step)."""
         if (self._perturbed_mask is None
-                or len(self._perturbed_mask) != len(variables)):
+                or len(self._perturbed_mask) != count):
             names = self.exclude_from_perturbation or ()
-            self._perturbed_mask = [
-                not any(n in v.path for n in names) for v in variables]
+            self._perturbed_mask = [not any(n in v.path for n in names)
+                                    for v in self.trainable_variables]
             if names and not any(self._perturbed_mask):
                 raise ValueError(
                     f"exclude_from_perturbation={list(names)} leaves no "
@@ -380,7 +380,7 @@ class RTSModel(backend.Trainer, keras.Model):
                                            grad_scale)
             return Passes(loss, y_pred, grads, _none_where(direction, grads),
                           new_state)
-        mask = self._perturbed()
+        mask = self._perturbed(len(weights))
         source = [s for s, m in zip(g if sources is None else sources(g),
                                     mask) if m]
         chosen = [w for w, m in zip(weights, mask) if m]

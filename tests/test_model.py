@@ -71,15 +71,21 @@ def _moving(net):
 ])
 def test_steps_match_numpy_reference(method, variant):
     variant = dict(variant)
-    coupled = variant.pop("coupled", 0.0)
-    weight_decay = variant.pop("weight_decay", None)
-    model = _rts(method, weight_decay=weight_decay, **variant)
+    check_against_reference(method, variant.pop("coupled", 0.0),
+                            variant.pop("weight_decay", None), **variant)
+
+
+def check_against_reference(method, coupled=0.0, weight_decay=None,
+                            **settings):
+    """Two epochs of `method` against the NumPy reference, with coupled
+    and decoupled weight decay; the passes counted alike."""
+    model = _rts(method, weight_decay=weight_decay, **settings)
     model.weight_decay = coupled  # coupled decay: set before tracing.
     x, y = _data()
     ref = reference.ReferenceTrainer(
         _trainable(model), _moving(model.model), method,
         coupled_weight_decay=coupled, weight_decay=weight_decay or 0.0,
-        **variant)
+        **settings)
     history = fit_both(model, ref, x, y, epochs=2)
     assert history.history["grad_evals"][-1] == ref.grad_evals
 

@@ -11,7 +11,8 @@ import keras_rts
 from keras_rts import directions
 from tests import reference
 from tests.test_model import (BATCH, _data, _fit, _moving, _net, _rts,
-                              _trainable, fit_both)
+                              _trainable, check_against_reference,
+                              fit_both)
 
 FAMILY = ["gsam", "wsam", "fsam", "looksam"]
 OWN = {"gsam": dict(alpha=0.2), "wsam": dict(gamma=0.7),
@@ -26,15 +27,8 @@ def test_steps_match_numpy_reference(method, variant):
         radius=0.2, **OWN[method])
     coupled = 0.0 if variant == "defaults" else 5e-4
     weight_decay = None if variant == "defaults" else 5e-4
-    model = _rts(method, weight_decay=weight_decay, **settings)
-    model.weight_decay = coupled  # coupled decay: set before tracing.
-    x, y = _data()
-    ref = reference.ReferenceTrainer(
-        _trainable(model), _moving(model.model), method,
-        coupled_weight_decay=coupled, weight_decay=weight_decay or 0.0,
-        **settings)
-    history = fit_both(model, ref, x, y, epochs=2)  # 6 steps
-    assert history.history["grad_evals"][-1] == ref.grad_evals
+    # Six steps: LookSAM's every k-th, and the ones between.
+    check_against_reference(method, coupled, weight_decay, **settings)
 
 
 def test_looksam_counts_one_pass_between_its_two_pass_steps():

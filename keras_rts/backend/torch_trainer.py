@@ -1,10 +1,11 @@
 """`RTSModel`'s step on PyTorch: the first pass is autograd on the
 variables themselves (as in Keras' own torch trainer, no `.grad`
 accumulated), the second on the perturbed values mapped into a
-`keras.StatelessScope` (no variable written); one step function per phase; the optimizer updates
-the weights in place through Keras' own torch path, and where the step is
-not finite the weights, optimizer state and model state keep their values
-from before it (`torch.where`: no read of the device)."""
+`keras.StatelessScope` (no variable written); one step function per
+phase; the optimizer updates the weights in place through Keras' own
+torch path, and where the step is not finite the weights, optimizer state
+and model state keep their values from before it (`torch.where`: no read
+of the device)."""
 
 import keras
 import torch
@@ -63,46 +64,47 @@ class Trainer:
 
         Returns `(loss, y_pred, grads, new_state)`: the gradients of the
         scaled loss (`None` where a variable has none) and the state the
-        pass assigned. No variable is written (`keras.StatelessScope`).
+        pass assigned. No variable is written (`keras.StatelessScope`),
+        but by the step's first pass, which `train_step` runs on the
+        variables themselves (`_pass_on_the_variables`).
         """
-        x, y, sample_weight = batch
         if self._direct_pass:  # the step's first pass (see `train_step`)
             self._direct_pass = False
-            return self._pass_on_the_variables(batch)
+            return self._pass_on_the_variables(batch, weights)
         leaves = [w.detach().requires_grad_(True) for w in weights]
         mapping = (list(zip(self.trainable_variables, leaves))
                    + list(zip(self.non_trainable_variables, state)))
-        with torch.enable_grad(), keras.StatelessScope(
-                state_mapping=mapping, collect_losses=True) as scope:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                training=True)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        grads = torch.autograd.grad(scaled_loss, leaves, allow_unused=True)
+        with keras.StatelessScope(state_mapping=mapping,
+                                  collect_losses=True) as scope:
+            loss, y_pred, grads = self._loss_and_grads(batch, leaves)
         new_state = []
         for variable, old in zip(self.non_trainable_variables, state):
             new = scope.get_current_value(variable)
             new_state.append(old if new is None else
                              ops.cast(new, old.dtype).detach())
-        return loss.detach(), y_pred.detach(), list(grads), new_state
+        return loss, y_pred, grads, new_state
 
-    def _pass_on_the_variables(self, batch):
-        """`_pass` at the variables' own values, reading them directly:
-        their state updates are written into them (the caller keeps the
-        values from before)."""
+    def _pass_on_the_variables(self, batch, weights):
+        """`_pass` at the variables' own values (`weights`, their tensors),
+        reading them directly: their state updates are written into them
+        (the caller keeps the values from before)."""
+        loss, y_pred, grads = self._loss_and_grads(batch, weights)
+        return (loss, y_pred, grads,
+                [v.value for v in self.non_trainable_variables])
+
+    def _loss_and_grads(self, batch, weights):
+        """The training-mode loss and predictions on `batch`, and the
+        gradients of the scaled loss with respect to `weights` (the tensors
+        the model reads), all detached."""
         x, y, sample_weight = batch
-        trainable = self.trainable_variables
         with torch.enable_grad():
             y_pred = self(x, training=True)
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                 training=True)
             scaled_loss = self.optimizer.scale_loss(loss)
-        grads = torch.autograd.grad(
-            scaled_loss, [v.value for v in trainable], allow_unused=True)
-        return (loss.detach(), y_pred.detach(), list(grads),
-                [v.value for v in self.non_trainable_variables])
+        grads = torch.autograd.grad(scaled_loss, weights, allow_unused=True)
+        return loss.detach(), y_pred.detach(), list(grads)
 
     def make_train_function(self, force=False):
         """One step function per phase (perturbing or not), chosen on the
@@ -150,10 +152,6 @@ class Trainer:
             predictions.append(y_pred)
         return carry, keras.tree.map_structure(
             lambda *parts: ops.concatenate(parts, axis=0), *predictions)
-
-
-def _where(condition, new, old):
-    return [ops.where(condition, n, o) for n, o in zip(new, old)]
 
 
 def global_norm(tensors):

@@ -15,6 +15,11 @@ from keras_rts.experiment.flags import flag_error
 tf = _extras.require("tensorflow", "keras_rts.experiment")
 
 
+METHOD_OPTIONS = ("alpha", "gamma", "sigma", "decay", "every")
+"""The SAM variants' own settings (`keras_rts.directions.OPTIONS`), each a
+flag and an `RTSModel` argument of the same name."""
+
+
 def _within_phase(s):
     """Interval mode or random switching, as the trigger's arguments."""
     if s.perturb_probability is not None:
@@ -79,8 +84,7 @@ def method_plan(s):
                   exclude_from_perturbation=(
                       None if s.exclude_from_perturbation is None
                       else list(s.exclude_from_perturbation)),
-                  **{name: getattr(s, name) for name in
-                     ("alpha", "gamma", "sigma", "decay", "every")
+                  **{name: getattr(s, name) for name in METHOD_OPTIONS
                      if getattr(s, name) is not None})
     callbacks = []
     if method.takes("r"):

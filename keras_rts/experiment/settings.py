@@ -19,7 +19,8 @@ from keras_rts import directions, files
 from keras_rts import models as models_lib
 from keras_rts import schedules
 from keras_rts.callbacks import lr_start_epoch
-from keras_rts.experiment.build import learning_rate, method_plan
+from keras_rts.experiment.build import (METHOD_OPTIONS, learning_rate,
+                                        method_plan)
 from keras_rts.experiment.flags import flag_error
 
 
@@ -381,10 +382,6 @@ def _taking(control):
 
 def _listed(names):
     return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
-
-
-METHOD_OPTIONS = ("alpha", "gamma", "sigma", "decay", "every")
-"""The SAM variants' own settings (`keras_rts.directions.OPTIONS`)."""
 
 
 def _why_unused(s, name):
