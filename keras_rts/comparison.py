@@ -264,7 +264,7 @@ def _curves(output_dir, methods, seeds):
                              for h in histories])
         evals = np.array([[float(r["grad_evals"]) for r in h[:length]]
                           for h in histories]).mean(0)
-        curves[method] = (list(range(1, length + 1)), evals.tolist(),
+        curves[method] = (list(range(length)), evals.tolist(),
                           accuracy.mean(0).tolist(),
                           accuracy.std(0).tolist() if len(seeds) > 1
                           else None)

@@ -10,12 +10,13 @@ import collections
 import inspect
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_rts import backend, directions, progbar
+from keras_rts import backend, directions, files, progbar
 from keras_rts.backend import saving
 from keras_rts.phase import PhaseVariable
 from keras_rts.timing_state import TimingState
@@ -621,9 +622,23 @@ class RTSModel(backend.Trainer, keras.Model):
         before the first step if they cannot work. The progress bar is
         `keras_rts.progbar.ProgbarLogger` (counters once per epoch) unless
         a `ProgbarLogger` is given.
+
+        Integer labels given as arrays (`y`, and `validation_data`'s) are
+        checked against the network's outputs when the loss is a sparse
+        categorical cross-entropy: one outside `[0, classes)` raises a
+        `ValueError` before the first step (TensorFlow would fail
+        mid-epoch; JAX computes a wrong loss without an error). Labels in
+        a `tf.data.Dataset` or a generator are not read ahead: check them
+        where they are made.
         """
         arguments = _FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments.apply_defaults()
+        validation = arguments.arguments.get("validation_data")
+        for name, labels in (("y", arguments.arguments.get("y")),
+                             ("validation_data", validation[1]
+                              if isinstance(validation, (tuple, list))
+                              and len(validation) > 1 else None)):
+            self._check_labels(name, labels)
         callbacks = list(arguments.arguments.get("callbacks") or ())
         for callback in callbacks:
             check = getattr(callback, "check_fit", None)
@@ -637,6 +652,46 @@ class RTSModel(backend.Trainer, keras.Model):
         arguments.arguments["callbacks"] = callbacks
         return super().fit(*arguments.args[1:], **arguments.kwargs)
 
+    def _track_output_losses(self, y, y_pred, sample_weight):
+        """Each output's loss for the logs (`<output>_loss`), as Keras logs
+        it: its compiled loss updates one tracker per output while it
+        computes the loss, which our passes do statelessly (the updates
+        are not kept). Recorded here from the first pass's predictions —
+        the loss functions again, no pass; nothing for one output."""
+        compile_loss = getattr(self, "_compile_loss", None)
+        if compile_loss is not None and compile_loss.metrics:
+            compile_loss(y, y_pred, sample_weight)
+
+    def _check_labels(self, name, labels):
+        """Sparse labels in an array must index the network's outputs."""
+        loss = getattr(self, "loss", None)
+        sparse = (isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+                  or loss in ("sparse_categorical_crossentropy",
+                              keras.losses.sparse_categorical_crossentropy))
+        if not sparse or labels is None or isinstance(labels, (dict, str)):
+            return
+        try:
+            classes = self.model.output_shape[-1]
+        except (AttributeError, ValueError, TypeError, IndexError):
+            return  # a subclassed network: not known before it runs
+        if not isinstance(classes, int) or classes < 2:
+            return
+        labels = np.asarray(labels) if isinstance(labels, (list, tuple)) \
+            else labels
+        if not (isinstance(labels, np.ndarray)
+                and np.issubdtype(labels.dtype, np.integer)):
+            return
+        ignored = getattr(loss, "ignore_class", None)
+        values = labels if ignored is None else labels[labels != ignored]
+        bad = (values < 0) | (values >= classes)
+        if bad.any():
+            raise ValueError(
+                f"fit: the labels of {name} must lie in [0, {classes}) for "
+                f"the network's {classes} outputs and the sparse "
+                f"categorical cross-entropy; they hold {int(values[bad][0])} "
+                f"({int(bad.sum())} of {values.size} outside): check the "
+                "labels, or the network's last layer.")
+
     def set_weights(self, weights):
         """`keras.Model.set_weights`, but `grad_evals` and `skipped_steps`
         keep their values: they count the work done, which restoring
@@ -649,6 +704,47 @@ class RTSModel(backend.Trainer, keras.Model):
         super().set_weights(weights)
         for counter, value in zip(counters, done):
             counter.assign(value)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """`keras.Model.load_weights`, a damaged file named first in one
+        error (`keras_rts.files.check_saved_model`); another method's
+        weights keep this model's ρ and λ (`load_own_variables`)."""
+        files.check_saved_model(filepath)
+        return super().load_weights(filepath, skip_mismatch=skip_mismatch,
+                                    **kwargs)
+
+    def save_own_variables(self, store):
+        """Keras' own, and the method's name beside ρ and λ, so that
+        loading into a model of another method can say so."""
+        super().save_own_variables(store)
+        store["method"] = np.frombuffer(self.method.encode(), np.uint8)
+
+    def load_own_variables(self, store):
+        """Keras' own, for files with or without the method's name. Weights
+        of another method's model (an SGD run continued with PUGD, say)
+        load but for ρ and λ, which are that method's units: this model
+        keeps its own and warns, naming both."""
+        own = self._trainable_variables + self._non_trainable_variables
+        names = [k for k in store.keys() if k != "method"]
+        if len(names) != len(own):
+            self._check_load_own_variables(store)  # Keras' error
+        saved = ("method" in store and bytes(np.asarray(
+            store["method"], np.uint8)).decode())
+        keep = {}
+        if saved and saved != self.method:
+            keep = {id(v): v.numpy() for v in (self.radius, self.grad_scale)}
+            index = {id(v): str(i) for i, v in enumerate(own)}
+            theirs = [float(np.asarray(store[index[id(v)]]))
+                      for v in (self.radius, self.grad_scale)]
+            warnings.warn(
+                f"These weights are of an RTSModel with method={saved!r} "
+                f"(radius={theirs[0]:g}, grad_scale={theirs[1]:g}); this "
+                f"model's method is {self.method!r}: the network's weights, "
+                "the counters and the timing are loaded, radius and "
+                f"grad_scale stay this model's ({float(keep[id(self.radius)]):g}, "
+                f"{float(keep[id(self.grad_scale)]):g}).", stacklevel=2)
+        for i, variable in enumerate(own):
+            variable.assign(keep.get(id(variable), store[str(i)]))
 
     def compile_from_config(self, config):
         # Keras does not re-compile a loaded model whose `compile` is

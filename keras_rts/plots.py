@@ -25,11 +25,11 @@ def plot_run(rows, path, title=""):
         path: the PNG file to write.
         title: the figure's title.
     """
-    epochs = [int(float(row["epoch"])) + 1 for row in rows]
+    epochs = [int(float(row["epoch"])) for row in rows]  # from 0
     evals = _column(rows, "grad_evals")
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for column, (x, xlabel) in enumerate(
-            [(epochs, "epoch"), (evals, "gradient evaluations")]):
+            [(epochs, "epoch (from 0)"), (evals, "gradient evaluations")]):
         for row, metric in enumerate(("accuracy", "loss")):
             ax = axes[row][column]
             ax.plot(x, _column(rows, metric), label="train")
@@ -45,7 +45,7 @@ def plot_run(rows, path, title=""):
         if on:
             ax.axvspan(min(on) - 0.5, max(on) + 0.5, color="0.9", zorder=0,
                        label="perturbation on")
-        ax.set(xlabel="epoch", ylabel=label)
+        ax.set(xlabel="epoch (from 0)", ylabel=label)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -71,7 +71,7 @@ def plot_comparison(curves, path, title=""):
                     x, [a - s for a, s in zip(accuracy, spread)],
                     [a + s for a, s in zip(accuracy, spread)],
                     color=line.get_color(), alpha=0.15)
-    axes[0].set(xlabel="epoch", ylabel="test top-1 accuracy")
+    axes[0].set(xlabel="epoch (from 0)", ylabel="test top-1 accuracy")
     axes[1].set(xlabel="gradient evaluations", ylabel="test top-1 accuracy")
     # The first fifth of training, where every method climbs steeply, would
     # squeeze the differences that matter into a thin band.

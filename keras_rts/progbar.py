@@ -1,7 +1,8 @@
 """Keras' progress bar, with the run's counters shown once per epoch, as
-whole numbers."""
+whole numbers, and epochs numbered from 0 as everywhere else."""
 
 import keras
+from keras.src.utils import io_utils
 
 COUNTERS = ("grad_evals", "skipped_steps", "perturb", "perturb_start_epoch")
 """Logs that count or flag rather than measure: shown at the epoch's end."""
@@ -30,7 +31,18 @@ class ProgbarLogger(keras.callbacks.ProgbarLogger):
     (`COUNTERS`) with the epoch's line, as whole numbers; the logs
     themselves (`History`, `CSVLogger`, TensorBoard) are untouched.
     `RTSModel.fit` uses it unless a `ProgbarLogger` is among the callbacks.
+
+    Epochs are numbered from 0, as in the logs, `history.csv`,
+    `summary.json`, the figures and the callbacks' arguments
+    (`start_epoch=1` is the epoch this bar heads `Epoch 1 (2/3)`); Keras'
+    own bar heads it `Epoch 2/3`.
     """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if self.verbose and self.epochs > 1:
+            io_utils.print_msg(f"Epoch {epoch} ({epoch + 1}/{self.epochs})")
 
     def _update_progbar(self, batch, logs=None):
         super()._update_progbar(batch, {

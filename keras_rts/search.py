@@ -27,6 +27,7 @@ from keras_rts import _extras
 from keras_rts import data as data_lib
 from keras_rts import experiment
 from keras_rts import models as models_lib
+from keras_rts.callbacks import lr_start_epoch
 from keras_rts.model import RTSModel
 from keras_rts.tuning import SearchSpace, rts_config
 
@@ -84,7 +85,9 @@ class RTSHyperModel(keras_tuner.HyperModel):
                 f"cost_weight must be finite and ≥ 0, got {cost_weight!r}.")
         self.settings = settings
         self.validation_examples = validation_examples
-        self.space = space or SearchSpace()
+        self.requested_space = space or SearchSpace()
+        self.space, self.space_note = runnable_space(
+            settings, self.requested_space)
         self.max_cost_fraction = max_cost_fraction
         self.cost_weight = cost_weight
         self.verbose = verbose
@@ -168,6 +171,70 @@ class RTSHyperModel(keras_tuner.HyperModel):
         }
 
 
+def _round_up(value, digits=3):
+    """`value` rounded up to `digits` significant digits."""
+    scale = 10 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale) / scale
+
+
+def runnable_space(settings, space):
+    """The part of `space` whose every trial can run with `settings`.
+
+    A trial is refused at the start of its `fit` if its step cannot run
+    with the settings (LookSAM and Friendly-SAM keep their memory for the
+    whole batch: no `sub_batch_size`) or if its learning-rate timing never
+    switches on: with the recipes' cosine decay over `settings.epochs`, the
+    learning rate at the start of the last epoch is the lowest fraction of
+    its peak a run reaches. Such trials are found here, before the first.
+
+    Returns:
+        `(space, note)`: the space with `lr_fraction`'s low bound raised to
+        the lowest fraction the run reaches (or `"lr"` left out of the
+        timings if none of its range is reached) and a sentence saying so,
+        or `(space, None)` when every trial can run.
+
+    Raises:
+        ValueError: naming the `--search-…` flag, if a searched step cannot
+            run with the settings, or no timing can.
+    """
+    for name in space.base_methods:
+        try:
+            experiment.validate(dataclasses.replace(
+                settings, method="rts", base_method=name),
+                refuse_unused=False)
+        except ValueError as e:
+            raise ValueError(
+                f"--search-base-methods: {name} cannot run with these "
+                f"settings ({e}); leave it out of the search.") from None
+    if "lr" not in space.timings:
+        return space, None
+    rates = [float(keras.ops.convert_to_numpy(
+        experiment.learning_rate(settings, 1)(epoch)))
+        for epoch in range(settings.epochs)]
+    lowest = _round_up(rates[-1] / max(rates))
+    low, high = space.lr_fraction
+    if low >= lowest:
+        return space, None
+    why = (f"with --epochs {settings.epochs} the learning rate falls to "
+           f"{lowest:g} of its peak at the start of the last epoch, no "
+           f"lower: an lr timing below that would never switch on")
+    if high >= lowest:
+        lr_start_epoch(experiment.learning_rate(settings, 1),
+                       settings.epochs, 1, lowest)  # it does switch on
+        return (dataclasses.replace(space, lr_fraction=(lowest, high)),
+                f"lr_fraction searched in [{lowest:g}, {high:g}], not "
+                f"[{low:g}, {high:g}]: {why}.")
+    timings = tuple(t for t in space.timings if t != "lr")
+    if not timings:
+        raise ValueError(
+            f"--search-lr-fraction: {why}, and the range [{low:g}, {high:g}] "
+            f"is all below it: raise its bounds, lengthen --epochs or add "
+            f"other --search-timings.")
+    return (dataclasses.replace(space, timings=timings),
+            f"the lr timing is left out of the search: {why}, and "
+            f"--search-lr-fraction's [{low:g}, {high:g}] is all below it.")
+
+
 TUNERS = {
     "random": keras_tuner.RandomSearch,
     "bayesian": keras_tuner.BayesianOptimization,
@@ -188,7 +255,8 @@ def make_tuner(kind, hypermodel, directory, project_name="rts",
         max_trials: trials of random and Bayesian searches (Hyperband's
             count follows from `settings.epochs`).
         overwrite: start over, deleting the project's state.
-        seed: the tuner's seed.
+        seed: the search's seed; KerasTuner's is `1 + seed % (2**32 − 1)`,
+            as it takes 0 for no seed (a search that would not repeat).
         hyperband_factor: Hyperband's reduction factor.
         initial_points: random trials before Bayesian optimisation models
             the objective (KerasTuner's default, 3 per hyperparameter, would
@@ -200,7 +268,8 @@ def make_tuner(kind, hypermodel, directory, project_name="rts",
         raise ValueError(
             f"Unknown tuner={kind!r}: expected one of {sorted(TUNERS)}.")
     common = dict(objective=OBJECTIVE, directory=directory,
-                  project_name=project_name, overwrite=overwrite, seed=seed)
+                  project_name=project_name, overwrite=overwrite,
+                  seed=1 + seed % (2**32 - 1))
     base = tuner_class = TUNERS[kind]
     if on_trial_end is not None:
         def report(self, trial):
@@ -214,6 +283,14 @@ def make_tuner(kind, hypermodel, directory, project_name="rts",
     if kind == "bayesian":
         common["num_initial_points"] = initial_points
     return tuner_class(hypermodel, max_trials=max_trials, **common)
+
+
+def best_trial(tuner):
+    """The completed trial of the best score, or `None` if none completed
+    (KerasTuner's `get_best_trials` falls back on failed trials)."""
+    completed = [t for t in tuner.oracle.get_best_trials(1)
+                 if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED]
+    return completed[0] if completed else None
 
 
 def trials_table(tuner):

@@ -24,13 +24,14 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import sys
 
 import _startup
 
 _startup.quiet_start()
 
-from keras_rts import comparison, data, experiment, search, tuning
+from keras_rts import comparison, data, experiment, files, search, tuning
 from keras_rts.reporting import write_table
 NOT_SEARCH_FLAGS = (
     "method", "base_method", "radius", "radius_shape", "grad_scale",
@@ -63,14 +64,30 @@ def write_trials(tuner, hypermodel, output_dir):
     columns = list(dict.fromkeys(k for row in rows for k in row))
     write_table(os.path.join(output_dir, "trials.md"), columns,
                 rows, csv_path=os.path.join(output_dir, "trials.csv"))
-    best = tuner.oracle.get_best_trials(1)
-    if best:
-        command = search.recipe_command(
-            hypermodel.trial_settings(best[0].hyperparameters))
-        with open(os.path.join(output_dir, "best_command.txt"), "w") as f:
-            f.write(command + "\n")
-        return best[0], command
-    return None, None
+    best = search.best_trial(tuner)  # a failed trial is never the best
+    if best is None:
+        return None, None
+    command = search.recipe_command(
+        hypermodel.trial_settings(best.hyperparameters))
+    with open(os.path.join(output_dir, "best_command.txt"), "w") as f:
+        f.write(command + "\n")
+    return best, command
+
+
+SEARCH_FILES = ("search.json", "trials.csv", "trials.md", "best_command.txt",
+                "tuner", "confirmation")
+"""What a search writes in its --output-dir: what --overwrite deletes (and
+nothing else of the folder)."""
+
+
+def clear_search(output_dir):
+    """Deletes what a search wrote in `output_dir` (`SEARCH_FILES`)."""
+    for name in SEARCH_FILES:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def search_differences(saved, search):
@@ -86,7 +103,9 @@ def search_differences(saved, search):
     changed += ["search_" + name
                 for name, value in search.get("space", {}).items()
                 if saved.get("space", {}).get(name) != value]
-    changed += [name for name in search if name not in ("settings", "space")
+    # What is searched follows from the settings and the space.
+    changed += [name for name in search
+                if name not in ("settings", "space", "space_searched")
                 and saved.get(name) != search[name]]
     return ["--" + name.replace("_", "-") for name in changed]
 
@@ -158,6 +177,8 @@ def main(argv=None):
             max_cost_fraction=args.max_cost_fraction,
             cost_weight=args.cost_weight,
             verbose=args.verbose)
+        if hypermodel.space_note:
+            print(f"note: {hypermodel.space_note}")
         confirmation_dir = os.path.join(args.output_dir, "confirmation")
         if args.confirm_seeds:  # the trials' runs are checked once known
             comparison.check_arms(search.confirmation_arms(hypermodel, []),
@@ -166,15 +187,26 @@ def main(argv=None):
 
     record = {"settings": dataclasses.asdict(settings),
               "space": dataclasses.asdict(space), "tuner": args.tuner,
+              "space_searched": dataclasses.asdict(hypermodel.space),
               "hyperband_factor": args.hyperband_factor,
               "initial_points": args.initial_points,
               "max_cost_fraction": args.max_cost_fraction,
               "cost_weight": args.cost_weight}
     record = json.loads(json.dumps(record))  # tuples as lists
     search_path = os.path.join(args.output_dir, "search.json")
-    if os.path.exists(search_path) and not args.overwrite:
-        with open(search_path) as f:
-            changed = search_differences(json.load(f), record)
+    if args.overwrite:  # the old search's trials, tables and confirmation
+        clear_search(args.output_dir)
+    if os.path.exists(search_path):
+        remedy = "pass --overwrite to start the search over"
+        with experiment.flag_errors(parser):
+            changed = search_differences(
+                files.read_json(search_path, remedy), record)
+            for folder, _, names in os.walk(os.path.join(args.output_dir,
+                                                         "tuner")):
+                for name in names:  # the tuner's state, read on resuming
+                    if name.endswith(".json"):
+                        files.read_json(os.path.join(folder, name), remedy,
+                                        kind=None)
         if changed:
             parser.error(
                 f"--output-dir: {args.output_dir} holds a search with other "
@@ -193,6 +225,9 @@ def main(argv=None):
         on_trial_end=lambda t: write_trials(t, hypermodel, args.output_dir))
     tuner.search()
     best, command = write_trials(tuner, hypermodel, args.output_dir)
+    if best is None:
+        sys.exit(f"error: no trial of the search completed (trials.md in "
+                 f"{args.output_dir} lists them): no best command.")
     print(f"best trial {best.trial_id}: score {best.score:.4f}\n{command}")
     if args.confirm_seeds:
         results = comparison.compare_arms(

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_rts import experiment
@@ -198,25 +199,38 @@ def test_the_script_prints_only_its_error_line(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage_body"])
 def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(
-        tiny_dir, tmp_path, capsys):
-    """A broken image is found while the data is built, after the flags are
-    checked: the run's folder is not made, and the same command runs once
-    the data is repaired."""
+        damage, tiny_dir, tmp_path, capsys):
+    """A damaged image is found while the data is built, after the flags are
+    checked — one whose markers are intact but whose data is garbage is
+    decoded there too, not first met mid-epoch: one line, exit 2, the run's
+    folder not made, and the same command runs once the data is repaired."""
     import shutil
     root = tmp_path / "tiny"
     shutil.copytree(tiny_dir, root)
     first = (root / "val" / "val_annotations.txt").read_text().split()[0]
     image = root / "val" / "images" / first  # a test image the run reads
     content = image.read_bytes()
-    image.write_bytes(content[:100])
+    if damage == "truncated":
+        image.write_bytes(content[:100])
+        why = "is not a whole JPEG"
+    else:  # SOI and EOI intact, what lies between random
+        body = np.random.default_rng(0).integers(
+            0, 255, len(content) - 4, dtype=np.uint8).tobytes()
+        image.write_bytes(b"\xff\xd8" + body + b"\xff\xd9")
+        why = "does not decode as a JPEG"
     out = tmp_path / "run"
     argv = ["--preset", "cpu", "--epochs", "1", "--train-examples", "128",
             "--batch-size", "64", "--image-size", "32", "--test-examples",
             "100", "--method", "sgd", "--data-dir", str(root),
             "--output-dir", str(out), "--verbose", "0"]
-    with pytest.raises(ValueError, match=str(image)):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         _tiny(argv)
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert f"error: Tiny ImageNet: {image} {why}" in line, line
     assert not out.exists()
     image.write_bytes(content)
     summary = _tiny(argv)

@@ -498,3 +498,19 @@ def test_a_truncated_backup_of_the_weights_is_named(tmp_path):
     (backup / "latest.weights.h5").write_bytes(data[:len(data) // 2])
     with pytest.raises(ValueError, match="latest.weights.h5 is damaged"):
         runs._backup_epoch(str(backup))
+
+
+def test_interval_mode_reports_the_first_perturbed_epoch_and_its_shares(
+        tfds_dir, tmp_path):
+    """Step 0 runs the method in interval mode: the run perturbed from
+    epoch 0, and each epoch's `perturb` is its share of such steps."""
+    s = experiment.Settings(
+        dataset="cifar10", model="small_resnet", method="sam",
+        perturb_every=3, epochs=2, train_examples=256, batch_size=64,
+        test_examples=100, data_dir=tfds_dir)
+    summary = experiment.run(s, output_dir=str(tmp_path / "run"), verbose=0)
+    rows = _rows(str(tmp_path / "run"))
+    # 4 steps an epoch: steps 0 and 3, then 6, take two passes.
+    assert [float(r["perturb"]) for r in rows] == [0.5, 0.25]
+    assert summary["perturb_start_epoch"] == 0
+    assert summary["grad_evals"] == 8 + 3

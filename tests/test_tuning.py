@@ -323,6 +323,20 @@ def test_tune_recipe_end_to_end_best_command_reproduces_its_objective(
     with open(os.path.join(out, "confirmation", "results.json")) as f:
         assert json.load(f)["runs"] == results["runs"]
 
+    # --overwrite deletes all the old search wrote, its confirmation
+    # included (else chosen_command.txt would name an old trial), and
+    # nothing else of the folder.
+    with open(os.path.join(out, "notes.txt"), "w") as f:
+        f.write("a user's")
+    fresh = _tune(tfds_dir, out, "--overwrite", "--tuner", "random",
+                  "--max-trials", "1", *SMALL_FLAGS)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert not os.path.exists(os.path.join(out, "confirmation"))
+    with open(os.path.join(out, "trials.csv")) as f:
+        assert len(f.readlines()) == 1 + 1
+    with open(os.path.join(out, "notes.txt")) as f:
+        assert f.read() == "a user's"
+
 
 def test_score_bounds_or_trades_the_cost(tfds_dir):
     bounded = search.RTSHyperModel(_settings(tfds_dir), 256,
@@ -440,3 +454,122 @@ def test_the_searched_configuration_is_a_python_preset_equal_to_the_recipes():
     assert window.start(60) == plan[-1].start(60) == 48
     # 12 of 60 epochs perturb: 1.2× SGD's gradient evaluations.
     assert (60 + (60 - window.start(60))) / 60 == pytest.approx(1.2)
+
+
+# --- trials that cannot run, failed trials, seeds -------------------------
+
+def _cosine_floor(epochs):
+    """The lowest fraction of its peak a cosine-decayed learning rate
+    reaches at the start of an epoch: that of the last."""
+    return 0.5 * (1 + math.cos(math.pi * (epochs - 1) / epochs))
+
+
+def test_the_search_leaves_out_lr_timings_that_would_never_switch_on(
+        tfds_dir):
+    settings = dataclasses.replace(_settings(tfds_dir), epochs=10)
+    floor = _cosine_floor(10)  # 0.02447: the default space goes to 0.005
+    hypermodel = search.RTSHyperModel(settings, 256)
+    low, high = hypermodel.space.lr_fraction
+    assert floor <= low < floor * 1.01 and high == 0.146
+    assert f"[{low:g}, 0.146], not [0.005, 0.146]" in hypermodel.space_note
+    # Every trial of what is searched switches on in the run; the lowest
+    # fraction of the requested range would not.
+    for fraction, switches in ((low, True), (0.005, False)):
+        window = keras_rts.callbacks.LearningRateTrigger(fraction)
+        schedule = experiment.learning_rate(settings, 1)
+        if switches:
+            assert window.lr_start_epoch(_compiled(schedule), 10, 1) == 9
+        else:
+            with pytest.raises(ValueError, match="never switch on"):
+                window.lr_start_epoch(_compiled(schedule), 10, 1)
+    # A range all below the floor: left out beside other timings ...
+    space = tuning.SearchSpace(lr_fraction=(0.005, 0.01))
+    hypermodel = search.RTSHyperModel(settings, 256, space)
+    assert hypermodel.space.timings == ("fixed", "interval")
+    assert "lr timing is left out" in hypermodel.space_note
+    # ... and refused, naming the flag, when it is the only one.
+    with pytest.raises(ValueError, match="--search-lr-fraction: with "
+                       "--epochs 10 the learning rate falls to 0.0245"):
+        search.RTSHyperModel(settings, 256, dataclasses.replace(
+            space, timings=("lr",)))
+    # A space every trial of which runs is searched as given.
+    fine = search.RTSHyperModel(settings, 256, tuning.SearchSpace(
+        lr_fraction=(0.05, 0.1)))
+    assert fine.space == fine.requested_space and fine.space_note is None
+
+
+def _compiled(schedule):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
+    return model
+
+
+def test_the_search_refuses_a_step_that_cannot_run_with_the_settings(
+        tfds_dir):
+    settings = dataclasses.replace(_settings(tfds_dir), sub_batch_size=32)
+    with pytest.raises(ValueError, match="--search-base-methods: looksam "
+                       "cannot run with these settings"):
+        search.RTSHyperModel(settings, 256, tuning.SearchSpace(
+            base_methods=("sam", "looksam")))
+
+
+def test_a_failed_trial_is_never_the_best():
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=search.OBJECTIVE, max_trials=2)
+    status = keras_tuner.engine.trial.TrialStatus
+    failed = keras_tuner.engine.trial.Trial(
+        keras_tuner.HyperParameters(), trial_id="0", status=status.FAILED)
+    oracle.trials = {"0": failed}
+    tuner = type("Tuner", (), {"oracle": oracle})()
+    assert oracle.get_best_trials(1) == [failed]  # KerasTuner's fallback
+    assert search.best_trial(tuner) is None
+    done = keras_tuner.engine.trial.Trial(
+        keras_tuner.HyperParameters(), trial_id="1", status=status.COMPLETED)
+    done.score = 0.5
+    oracle.trials["1"] = done
+    assert search.best_trial(tuner) is done
+
+
+@pytest.mark.parametrize("kind", ["random", "bayesian"])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_a_search_with_the_same_seed_draws_the_same_trials(
+        kind, seed, tfds_dir, tmp_path):
+    """KerasTuner takes a seed of 0 for none: --seed 0 must repeat too."""
+    hypermodel = search.RTSHyperModel(_settings(tfds_dir), 256,
+                                      tuning.SearchSpace(**SMALL_SPACE))
+    drawn = []
+    for folder in ("a", "b"):
+        tuner = search.make_tuner(kind, hypermodel, str(tmp_path / folder),
+                                  seed=seed)
+        drawn.append([tuner.oracle.create_trial(f"t{i}").hyperparameters
+                      .values for i in range(3)])
+    assert drawn[0] == drawn[1]
+    other = search.make_tuner(kind, hypermodel, str(tmp_path / "c"),
+                              seed=seed + 1)
+    assert other.oracle.create_trial("t0").hyperparameters.values != (
+        drawn[0][0])
+
+
+def test_tune_refuses_a_space_that_cannot_run_before_any_trial(
+        tfds_dir, tmp_path):
+    out = tmp_path / "search"
+    result = _tune(tfds_dir, str(out), "--search-timings", "lr",
+                   "--search-lr-fraction", "0.1", "0.2")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "tune.py: error: --search-lr-fraction: with --epochs 2 the learning "
+        "rate falls to 0.5 of its peak"), result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_tune_names_a_damaged_search_file_in_one_line(tfds_dir, tmp_path):
+    out = tmp_path / "search"
+    out.mkdir()
+    (out / "search.json").write_text('{"settings": {"dataset": "cif')
+    result = _tune(tfds_dir, str(out))
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "search.json is damaged" in line and "--overwrite" in line, line
+    assert "Traceback" not in result.stderr
+    assert (out / "search.json").read_text() == (
+        '{"settings": {"dataset": "cif')  # nothing a user has is touched

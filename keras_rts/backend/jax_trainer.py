@@ -43,12 +43,24 @@ class Trainer:
             new_trainable = _where(step.finite, new_trainable, trainable)
             new_optimizer = _where(step.finite, new_optimizer,
                                    optimizer_values)
+        metrics_values = self._output_losses_tracked(
+            metrics_values, y, step.y_pred, sample_weight)
         metrics, metrics_values = self._update_metrics_variables(
             metrics_values, step.loss, x, y, step.y_pred, sample_weight)
         logs = self._logs(metrics, step, self._method_on(self._perturbing),
                           step.state)
         return logs, (new_trainable, step.state, new_optimizer,
                       metrics_values)
+
+    def _output_losses_tracked(self, metrics_values, y, y_pred,
+                               sample_weight):
+        """`metrics_values` with each output's loss recorded
+        (`_track_output_losses`), statelessly."""
+        mapping = list(zip(self.metrics_variables, metrics_values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self._track_output_losses(y, y_pred, sample_weight)
+        return [value if (new := scope.get_current_value(v)) is None else new
+                for v, value in zip(self.metrics_variables, metrics_values)]
 
     def make_train_function(self, force=False):
         """One compiled step per phase (perturbing or not), each traced on

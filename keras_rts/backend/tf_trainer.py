@@ -34,6 +34,7 @@ class Trainer:
         self._loss_tracker.update_state(
             unscale_loss_for_distribution(step.loss),
             sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        self._track_output_losses(y, step.y_pred, sample_weight)
         metrics = self.compute_metrics(x, y, step.y_pred, sample_weight)
         logs = self._logs(metrics, step, self._method_on(self._perturbing),
                           step.state)

@@ -55,6 +55,9 @@ class Trainer:
         self._loss_tracker.update_state(
             step.loss, sample_weight=next(
                 i for i in keras.tree.flatten(x) if i is not None).shape[0])
+        if self.sub_batch_size and self._method_on(self._perturbing):
+            # (A first pass on the variables updated them itself.)
+            self._track_output_losses(y, step.y_pred, sample_weight)
         metrics = self.compute_metrics(x, y, step.y_pred, sample_weight)
         return self._logs(metrics, step, self._method_on(self._perturbing),
                           step.state)
@@ -104,7 +107,8 @@ class Trainer:
                 training=True)
             scaled_loss = self.optimizer.scale_loss(loss)
         grads = torch.autograd.grad(scaled_loss, weights, allow_unused=True)
-        return loss.detach(), y_pred.detach(), list(grads)
+        return (loss.detach(), keras.tree.map_structure(
+            lambda t: t.detach(), y_pred), list(grads))
 
     def make_train_function(self, force=False):
         """One step function per phase (perturbing or not), chosen on the

@@ -16,7 +16,7 @@ _extras.require("tensorflow_datasets", "keras_rts.data")
 
 from keras_rts.data import cifar, tiny_imagenet  # noqa: E402
 from keras_rts.data.cifar import load_cifar  # noqa: E402
-from keras_rts.data.tiny_imagenet import load_tiny_imagenet  # noqa: E402
+from keras_rts.data.tiny_imagenet import DataError, load_tiny_imagenet  # noqa: E402
 
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
@@ -115,6 +115,7 @@ def load(name, split, *, data_dir=None, **kwargs):
 
 __all__ = [
     "DATASETS",
+    "DataError",
     "load",
     "load_cifar",
     "load_tiny_imagenet",

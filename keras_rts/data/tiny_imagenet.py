@@ -105,13 +105,20 @@ def list_files(root, split):
     return paths, np.asarray(labels, np.int32)
 
 
+class DataError(ValueError):
+    """A dataset file that cannot be used, named with what to do: raised
+    while the data is read, before training (a recipe reports it in one
+    line)."""
+
+
 def check_jpeg(path):
-    """Raises a `ValueError` naming `path` unless it reads as a whole JPEG.
+    """Raises a `DataError` naming `path` unless it starts and ends as a
+    whole JPEG.
 
     A JPEG starts with the SOI marker (FF D8) and ends with EOI (FF D9);
     a truncated file has no EOI in its last bytes (FF is never followed by
     D9 inside the compressed data). Reads four bytes and at most the last
-    512, not the image.
+    512. Whether its body decodes is `decode_images`' to find.
     """
     try:
         with open(path, "rb") as f:
@@ -120,22 +127,51 @@ def check_jpeg(path):
             f.seek(max(0, f.tell() - 512))
             tail = f.read()
     except OSError as e:
-        raise ValueError(f"Tiny ImageNet: cannot read {path}: "
-                         f"{e.strerror}.") from None
+        raise DataError(f"Tiny ImageNet: cannot read {path}: "
+                        f"{e.strerror}.") from None
     if head != b"\xff\xd8" or b"\xff\xd9" not in tail:
-        raise ValueError(
+        raise DataError(
             f"Tiny ImageNet: {path} is not a whole JPEG (truncated, or "
             "another format): replace or remove it.")
 
 
-def _decode(path, label, image_size=IMAGE_SIZE):
+def _decode(path, image_size=IMAGE_SIZE):
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
     image = tf.image.resize_with_crop_or_pad(image, IMAGE_SIZE, IMAGE_SIZE)
     if image_size != IMAGE_SIZE:
         # Area averaging (no aliasing), back to uint8 like the originals.
         image = tf.image.resize(image, [image_size, image_size], "area")
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return image, label
+    return image
+
+
+def decode_images(paths, image_size=IMAGE_SIZE):
+    """Every image of `paths` decoded once, in parallel, as a uint8 array
+    `(len(paths), image_size, image_size, 3)`: what training reads, so a
+    file whose markers are intact but whose data is damaged is named here,
+    before the first step, not mid-epoch.
+
+    Raises:
+        DataError: naming the first file that is not a whole JPEG or does
+            not decode.
+    """
+    for path in paths:
+        check_jpeg(path)
+    images = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        lambda path: _decode(path, image_size),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+    try:
+        return np.concatenate(list(images.as_numpy_iterator()))
+    except tf.errors.InvalidArgumentError:
+        for path in paths:  # which one: decoded alone
+            try:
+                _decode(tf.constant(path), image_size)
+            except tf.errors.InvalidArgumentError as e:
+                raise DataError(
+                    f"Tiny ImageNet: {path} does not decode as a JPEG (its "
+                    f"data is damaged: {e.message.splitlines()[0]}): "
+                    "replace or remove it.") from None
+        raise
 
 
 def check_image_size(image_size):
@@ -185,8 +221,12 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
         `(batch, image_size, image_size, 3)` (grayscale JPEGs get 3
         channels), int32 labels.
 
+    Every image is decoded once, here, (`decode_images`): a damaged one is
+    named before training.
+
     Raises:
-        ValueError: for a wrong or incomplete folder, naming what is missing.
+        ValueError: for a wrong or incomplete folder, naming what is
+            missing (a `DataError` for a damaged image).
     """
     check_image_size(image_size)
     check_label_noise(label_noise, split)
@@ -228,11 +268,8 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
                 f"{test_examples!r}."
             )
         paths, labels = paths[:test_examples], labels[:test_examples]
-    for path in paths:  # a broken file named now, not mid-epoch
-        check_jpeg(path)
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
-        lambda path, label: _decode(path, label, image_size),
-        num_parallel_calls=tf.data.AUTOTUNE)
+    images = decode_images(paths, image_size)  # a damaged file named now
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     return image_pipeline(
         dataset, mean=MEAN, std=STD, batch_size=batch_size,
         training=split == "train" if augment is None else augment,

@@ -127,8 +127,11 @@ def main(argv=None, description=None, datasets=data_lib.DATASETS):
             "runs", f"{settings.dataset}_{settings.model}_"
             f"{settings.method}_seed{settings.seed}")
         check_run(settings, output_dir, resume=args.resume)
-    summary = run(settings, output_dir=output_dir, resume=args.resume,
-                  verbose=args.verbose, tensorboard=args.tensorboard)
+    try:
+        summary = run(settings, output_dir=output_dir, resume=args.resume,
+                      verbose=args.verbose, tensorboard=args.tensorboard)
+    except data_lib.DataError as e:  # read before anything is written
+        parser.error(str(e))
     print(f"{settings.method} on {settings.dataset}: final "
           f"{summary['evaluated_on']} top-1 "
           f"{summary['final_test_top1']:.4f}, best "
