@@ -3,8 +3,8 @@
 `keras_rts.RTSModel` wraps any `keras.Model` and trains it with `model.fit`
 using one of the sharpness-aware steps of `keras_rts.directions`.
 
-The core — `RTSModel`, `callbacks`, `schedules`, `directions`, `models`,
-`tuning` — needs only Keras, NumPy and one Keras backend. The recipe layer
+The core — `RTSModel`, `callbacks`, `schedules`, `directions`,
+`functional`, `files`, `models`, `tuning` — needs only Keras, NumPy and one Keras backend. The recipe layer
 (`data`, `experiment`, `search`, `comparison`, `reporting`, `plots`,
 `benchmarks`) is imported when first used, and names the extra to install
 (`pip install 'keras_rts[recipes]'`) when a dependency is missing.
@@ -12,7 +12,8 @@ The core — `RTSModel`, `callbacks`, `schedules`, `directions`, `models`,
 
 import importlib
 
-from keras_rts import callbacks, directions, models, schedules, tuning
+from keras_rts import (callbacks, directions, files, functional, models,
+                       schedules, tuning)
 from keras_rts.directions import METHODS
 from keras_rts.model import RTSModel
 
@@ -27,6 +28,8 @@ __all__ = [
     "RTSModel",
     "callbacks",
     "directions",
+    "files",
+    "functional",
     "models",
     "schedules",
     "tuning",

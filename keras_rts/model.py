@@ -369,41 +369,18 @@ class RTSModel(backend.Trainer, keras.Model):
         method's memory is read from `state` and its update returned in
         the new state.
         """
-        loss, y_pred, grads, new_state = pass_fn(batch, weights, state)
-        method = self._method
-        if not (self._method_on(perturbing) and method.epsilon):
-            return Passes(loss, y_pred, grads, grads, new_state)
-        radius, grad_scale = settings
-        g = _zeros_for_none(grads, weights)
+        method_on = self._method_on(perturbing)
         memory = self._memory_values(state)
-        if perturbing == REUSE:  # LookSAM between its two-pass steps
-            direction = directions.combine(method.reuse(g, memory), g,
-                                           grad_scale)
-            return Passes(loss, y_pred, grads, _none_where(direction, grads),
-                          new_state)
-        mask = self._perturbed(len(weights))
-        source = [s for s, m in zip(g if sources is None else sources(g),
-                                    mask) if m]
-        chosen = [w for w, m in zip(weights, mask) if m]
-        if method.memory == "average":
-            if loss_scale is not None:  # the average is of true gradients
-                source = [s / ops.cast(loss_scale, s.dtype) for s in source]
-            epsilon, average = method.epsilon(
-                source, chosen, radius, [a for a, m in zip(memory, mask) if m])
-            memory = _fill(average, mask, memory)
-        else:
-            epsilon = method.epsilon(source, chosen, radius)
-        perturbed = [w + e for w, e in zip(chosen, epsilon)]
-        perturbed = _fill(perturbed, mask, weights)
-        # Its state updates are dropped: statistics move in the first pass.
-        _, _, perturbed_grads, _ = pass_fn(batch, perturbed, new_state)
-        g_star = _zeros_for_none(perturbed_grads, weights)
-        direction = (method.direction or directions.combine)(
-            g_star, g, grad_scale)
-        if method.memory == "orthogonal":
-            memory = directions.looksam_orthogonal(g_star, g)
-        return Passes(loss, y_pred, grads, _none_where(direction, grads),
-                      self._with_memory(new_state, memory))
+        passes, new_memory = method_passes(
+            self._method, pass_fn, batch, weights, state, *settings,
+            phase=perturbing if method_on else False, memory=memory,
+            perturbed=(self._perturbed(len(weights))
+                       if method_on and self._method.epsilon else None),
+            sources=sources, loss_scale=loss_scale)
+        if new_memory is memory:
+            return passes
+        return passes._replace(state=self._with_memory(passes.state,
+                                                       new_memory))
 
     def _memory_values(self, state):
         if self.memory is None:
@@ -519,30 +496,15 @@ class RTSModel(backend.Trainer, keras.Model):
             grads = [None if g is None else g / loss_scale for g in grads]
             direction = [None if d is None else d / loss_scale
                          for d in direction]
-        present = [d is not None for d in direction]
-        direction = [d for d in direction if d is not None]
-        grad_norm = directions.global_norm([g for g in grads if g is not None])
-        # The norms already formed say whether the direction is finite
-        # (a finite list has a finite norm): no extra pass over it.
-        finite = ops.logical_and(failed == 0, ops.isfinite(grad_norm))
-        if method_on and self._method.normalize:
-            norm = grad_norm if one_pass else directions.global_norm(direction)
-            finite = ops.logical_and(finite, ops.isfinite(norm))
-            direction = directions.normalize(direction, norm)
-        elif not one_pass:
-            finite = ops.logical_and(finite, _all_finite(direction))
-        if self.weight_decay:
-            direction = directions.add_weight_decay(
-                direction, [w for w, p in zip(weights, present) if p],
-                self.weight_decay)
+        direction, grad_norm, finite = finished_direction(
+            self._method, method_on, one_pass, failed, grads, direction,
+            weights, self.weight_decay)
         if loss_scale is not None:
             # A step that is not applied carries NaN to the loss-scale
             # optimizer, which skips it and lowers its scale, as in Keras.
-            direction = [ops.where(finite, d * loss_scale,
-                                   ops.full_like(d, float("nan")))
-                         for d in direction]
-        it = iter(direction)
-        direction = [next(it) if p else None for p in present]
+            direction = [None if d is None else ops.where(
+                finite, d * loss_scale, ops.full_like(d, float("nan")))
+                for d in direction]
         passes_made = (2 if method_on and self._method.epsilon
                        and perturbing != REUSE else 1)
         new_state = self._committed_state(
@@ -828,6 +790,109 @@ class _PhaseShare(keras.callbacks.Callback):
 
 REUSE = "reuse"
 """LookSAM's one-pass phase (`RTSModel._next_phase`)."""
+
+
+def method_passes(method, pass_fn, batch, weights, state, radius, grad_scale,
+                  phase=True, memory=None, perturbed=None, sources=None,
+                  loss_scale=None):
+    """One (sub-)batch's passes of `method`: `g`, and `g*` at `w + ε` if it
+    perturbs — the core `RTSModel`'s step and `keras_rts.functional` share.
+
+    Args:
+        method: a `keras_rts.directions.Method`.
+        pass_fn: `pass_fn(batch, weights, state) -> (loss, y_pred, grads,
+            new_state)`, a forward/backward pass at the given values that
+            writes no variable.
+        batch: passed to `pass_fn`.
+        weights: the trainable values `w`.
+        state: the other values, passed to `pass_fn`.
+        radius: `ρ`.
+        grad_scale: `λ`.
+        phase: `False` (one plain pass: `d = g`), `True` (the method's
+            step) or `REUSE` (LookSAM's one-pass step on its stored `g_v`).
+        memory: the method's memory (`Method.memory`): one tensor per
+            weight, or `None` for methods without.
+        perturbed: which weights ε perturbs (booleans), or `None` for all.
+        sources: `f(g)`, the gradients ε is formed from (default `g`).
+        loss_scale: the loss scale the gradients carry, or `None`.
+
+    Returns:
+        `(Passes, memory)`: the passes (`direction` is `d = g* + λ·g`, or
+        the method's own, not yet normalised; `g` itself after one plain
+        pass) and the method's memory after them (`memory` itself if
+        unchanged).
+    """
+    loss, y_pred, grads, new_state = pass_fn(batch, weights, state)
+    if not (phase and method.name != "sgd" and method.epsilon):
+        return Passes(loss, y_pred, grads, grads, new_state), memory
+    g = _zeros_for_none(grads, weights)
+    if phase == REUSE:  # LookSAM between its two-pass steps
+        direction = directions.combine(method.reuse(g, memory), g,
+                                       grad_scale)
+        return (Passes(loss, y_pred, grads, _none_where(direction, grads),
+                       new_state), memory)
+    mask = [True] * len(weights) if perturbed is None else perturbed
+    source = [s for s, m in zip(g if sources is None else sources(g),
+                                mask) if m]
+    chosen = [w for w, m in zip(weights, mask) if m]
+    if method.memory == "average":
+        if loss_scale is not None:  # the average is of true gradients
+            source = [s / ops.cast(loss_scale, s.dtype) for s in source]
+        epsilon, average = method.epsilon(
+            source, chosen, radius, [a for a, m in zip(memory, mask) if m])
+        memory = _fill(average, mask, memory)
+    else:
+        epsilon = method.epsilon(source, chosen, radius)
+    at = _fill([w + e for w, e in zip(chosen, epsilon)], mask, weights)
+    # Its state updates are dropped: statistics move in the first pass.
+    _, _, perturbed_grads, _ = pass_fn(batch, at, new_state)
+    g_star = _zeros_for_none(perturbed_grads, weights)
+    direction = (method.direction or directions.combine)(
+        g_star, g, grad_scale)
+    if method.memory == "orthogonal":
+        memory = directions.looksam_orthogonal(g_star, g)
+    return (Passes(loss, y_pred, grads, _none_where(direction, grads),
+                   new_state), memory)
+
+
+def finished_direction(method, method_on, one_pass, failed, grads, direction,
+                       weights, weight_decay):
+    """The direction of a step whose passes are summed over replicas (and
+    unscaled): normalised if the method normalises, coupled weight decay
+    added, with `‖g‖` and whether the step is finite — the core
+    `RTSModel`'s step and `keras_rts.functional` share.
+
+    Args:
+        method: a `keras_rts.directions.Method`.
+        method_on: whether the step ran the method (not a plain step).
+        one_pass: whether `direction` is `g` itself (no second pass).
+        failed: non-zero if the loss was not finite.
+        grads: `g` (`None` for weights without a gradient).
+        direction: `d` (`None` likewise).
+        weights: the trainable values.
+        weight_decay: coupled L2 weight decay.
+
+    Returns:
+        `(direction, grad_norm, finite)`.
+    """
+    present = [d is not None for d in direction]
+    direction = [d for d in direction if d is not None]
+    grad_norm = directions.global_norm([g for g in grads if g is not None])
+    # The norms already formed say whether the direction is finite
+    # (a finite list has a finite norm): no extra pass over it.
+    finite = ops.logical_and(failed == 0, ops.isfinite(grad_norm))
+    if method_on and method.normalize:
+        norm = grad_norm if one_pass else directions.global_norm(direction)
+        finite = ops.logical_and(finite, ops.isfinite(norm))
+        direction = directions.normalize(direction, norm)
+    elif not one_pass:
+        finite = ops.logical_and(finite, _all_finite(direction))
+    if weight_decay:
+        direction = directions.add_weight_decay(
+            direction, [w for w, p in zip(weights, present) if p],
+            weight_decay)
+    it = iter(direction)
+    return [next(it) if p else None for p in present], grad_norm, finite
 
 
 class MethodMemory(keras.layers.Layer):

@@ -228,17 +228,3 @@ def test_random_switching_reads_nothing_per_step():
               verbose=0, callbacks=[window])
     reads = _reads_over_fit(model, x, y, [window])
     assert len(reads) <= len(plain) + 2, (reads, plain)
-
-
-def test_the_sam_family_example_of_the_method_page_runs(tmp_path):
-    import os
-    import re
-    import runpy
-    page = os.path.join(os.path.dirname(__file__), "..", "docs", "method.md")
-    with open(page) as f:
-        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    example = next(b for b in blocks if "looksam" in b)
-    path = tmp_path / "example.py"
-    path.write_text(example)
-    runpy.run_path(str(path), run_name="__main__")
-

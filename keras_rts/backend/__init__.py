@@ -31,16 +31,19 @@ GLOBAL_NORM = None
 """The backend's own fused `directions.global_norm`, where it has one."""
 
 if BACKEND == "tensorflow":
-    from keras_rts.backend.tf_trainer import Trainer
+    from keras_rts.backend.tf_trainer import Trainer, value_and_grad
 elif BACKEND == "jax":
-    from keras_rts.backend.jax_trainer import Trainer
+    from keras_rts.backend.jax_trainer import Trainer, value_and_grad
 elif BACKEND == "torch":
-    from keras_rts.backend.torch_trainer import Trainer
+    from keras_rts.backend.torch_trainer import Trainer, value_and_grad
     from keras_rts.backend.torch_trainer import global_norm as GLOBAL_NORM
 else:
 
     class Trainer:
         """Placeholder: `check_supported` refuses this backend."""
+
+    def value_and_grad(fn, weights, state):
+        check_supported()
 
 
 def check_supported():

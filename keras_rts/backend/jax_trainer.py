@@ -127,3 +127,15 @@ def _index(variables, variable):
 
 def _where(condition, new, old):
     return [ops.where(condition, n, o) for n, o in zip(new, old)]
+
+
+def value_and_grad(fn, weights, state):
+    """`fn(weights, state) -> (loss, aux, new_state)` and the gradients of
+    its loss with respect to `weights` (`keras_rts.functional`)."""
+    def loss_of(weights):
+        loss, aux, new_state = fn(weights, state)
+        return loss, (aux, new_state)
+
+    (loss, (aux, new_state)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(list(weights))
+    return loss, aux, new_state, grads

@@ -58,7 +58,7 @@ def apply_if_finite(optimizer, grads, variables, finite):
         optimizer.apply(grads, variables)
 
     context = tf.distribute.get_replica_context()
-    if (context is None or context.num_replicas_in_sync == 1
+    if (context is None or not tf.distribute.has_strategy()
             or tf.__internal__.distribute.strategy_supports_no_merge_call()):
         tf.cond(finite, apply, lambda: None)
         return

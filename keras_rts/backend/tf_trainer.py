@@ -137,3 +137,13 @@ class Trainer:
             iterator, data_batch = None, part
         return super()._maybe_symbolic_build(
             iterator=iterator, data_batch=data_batch)
+
+
+def value_and_grad(fn, weights, state):
+    """`fn(weights, state) -> (loss, aux, new_state)` and the gradients of
+    its loss with respect to `weights` (`keras_rts.functional`)."""
+    weights = [tf.convert_to_tensor(w) for w in weights]
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        loss, aux, new_state = fn(weights, state)
+    return loss, aux, new_state, tape.gradient(loss, weights)

@@ -180,3 +180,20 @@ def global_norm(tensors):
         norms = torch._foreach_norm(torch._foreach_div(tensors, divisor))
     return divisor * torch.linalg.vector_norm(torch.stack(norms))
 
+
+
+def value_and_grad(fn, weights, state):
+    """`fn(weights, state) -> (loss, aux, new_state)` and the gradients of
+    its loss with respect to `weights` (`keras_rts.functional`), all
+    detached."""
+    leaves = [torch.as_tensor(w).detach().requires_grad_(True)
+              for w in weights]
+    with torch.enable_grad():
+        loss, aux, new_state = fn(leaves, state)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+
+    def detached(tree):
+        return keras.tree.map_structure(
+            lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
+
+    return loss.detach(), detached(aux), detached(new_state), list(grads)
