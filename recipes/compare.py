@@ -20,7 +20,7 @@ import _startup
 
 _startup.quiet_start()
 
-from keras_rts import comparison, experiment  # noqa: E402
+from keras_rts import comparison, data, experiment  # noqa: E402
 
 
 def main(argv=None):
@@ -51,12 +51,15 @@ def main(argv=None):
         if missing:
             raise ValueError(f"--baselines: {missing} not among --methods: "
                              "a difference needs both runs.")
-    results = comparison.compare(
-        settings, args.methods, args.seeds, args.output_dir,
-        verbose=args.verbose, name=args.results_name,
-        bases=args.baselines,
-        command="python recipes/compare.py " + shlex.join(
-            sys.argv[1:] if argv is None else argv))
+    try:
+        results = comparison.compare(
+            settings, args.methods, args.seeds, args.output_dir,
+            verbose=args.verbose, name=args.results_name,
+            bases=args.baselines,
+            command="python recipes/compare.py " + shlex.join(
+                sys.argv[1:] if argv is None else argv))
+    except data.DataError as e:  # the finished runs stay; the next resumes
+        parser.error(str(e))
     print(comparison.table(results["aggregates"]))
 
 

@@ -177,6 +177,10 @@ def main(argv=None):
             max_cost_fraction=args.max_cost_fraction,
             cost_weight=args.cost_weight,
             verbose=args.verbose)
+        if settings.dataset == "tiny_imagenet":
+            # Its images decoded once now: a damaged one named here, not
+            # in every trial (KerasTuner logs a failed trial and goes on).
+            experiment.datasets(hypermodel.settings)
         if hypermodel.space_note:
             print(f"note: {hypermodel.space_note}")
         confirmation_dir = os.path.join(args.output_dir, "confirmation")

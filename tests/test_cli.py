@@ -302,3 +302,31 @@ def test_a_search_resumes_wherever_the_data_lives_and_names_what_changed():
         "--search-timings"]
     assert tune.search_differences(saved, search(label_noise=0.2)) == [
         "--label-noise"]
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("compare.py", ["--methods", "sgd", "--seeds", "0", "--test-examples",
+                    "2"]),
+    ("tune.py", ["--max-trials", "1", "--validation-examples", "2"]),
+])
+def test_a_damaged_image_stops_a_comparison_or_search_in_one_line(
+        script, flags, tiny_dir, tmp_path):
+    from tests.test_data import _copy_tree
+    root = tmp_path / "tiny"
+    kept = _copy_tree(tiny_dir, str(root), per_class=4)
+    folder = root / "train" / kept[0] / "images"
+    image = folder / sorted(os.listdir(folder))[0]
+    image.write_bytes(b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", script), *flags,
+         "--dataset", "tiny_imagenet", "--data-dir", str(root),
+         "--epochs", "1", "--batch-size", "2",
+         "--output-dir", str(out), "--verbose", "0"],
+        capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"error: Tiny ImageNet: {image} does not decode" in last, last
+    assert "Traceback" not in result.stderr
+    assert not (out / "runs").exists() and not (out / "tuner").exists()
