@@ -567,12 +567,26 @@ class RTSModel(backend.Trainer, keras.Model):
     def compile(self, optimizer="rmsprop", *args, **kwargs):
         """`keras.Model.compile`; refuses optimizers the step cannot use.
 
+        The direction goes through the optimizer as a gradient would
+        (through Adam's moments under `AdamW`). An optimizer's own
+        `weight_decay` (decoupled: `AdamW`'s, Keras' `SGD(weight_decay=)`)
+        and this model's coupled `weight_decay` would both decay the
+        weights: a warning says so, naming both.
+
         Raises:
             ValueError: the optimizer accumulates gradients
                 (`gradient_accumulation_steps`) and the method perturbs.
         """
         optimizer = keras.optimizers.get(optimizer)
         self._check_optimizer(optimizer)
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if self.weight_decay and getattr(inner, "weight_decay", None):
+            warnings.warn(
+                f"RTSModel(weight_decay={self.weight_decay:g}) adds coupled "
+                f"L2 decay to the direction and {type(inner).__name__}("
+                f"weight_decay={inner.weight_decay:g}) decays the weights "
+                "itself: both apply. Set one of them to 0 unless both are "
+                "meant.", stacklevel=2)
         super().compile(optimizer, *args, **kwargs)
 
     def fit(self, *args, **kwargs):
