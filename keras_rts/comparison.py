@@ -278,7 +278,9 @@ def describe(settings):
     return (f"{settings['dataset']}, {settings['model']}, "
             f"{settings['train_examples'] or 'all'} training images"
             + (f" ({100 * noise:g} % of their labels noisy)" if noise else "")
-            + f", {settings['epochs']} epochs")
+            + f", {settings['epochs']} epochs"
+            + (f", {settings['optimizer']}" if settings.get("optimizer")
+               else ""))
 
 
 def _bases(aggregates):

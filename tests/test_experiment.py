@@ -514,3 +514,44 @@ def test_interval_mode_reports_the_first_perturbed_epoch_and_its_shares(
     assert [float(r["perturb"]) for r in rows] == [0.5, 0.25]
     assert summary["perturb_start_epoch"] == 0
     assert summary["grad_evals"] == 8 + 3
+
+
+def test_the_adamw_recipe_decays_decoupled_and_warms_up(tfds_dir, tmp_path):
+    """--optimizer adamw: AdamW with its own defaults (an explicit flag
+    wins), its weight decay decoupled (RTSModel's coupled one is 0), a
+    linear warm-up into the cosine decay; momentum is not one of its
+    flags."""
+    from keras_rts.experiment import cli
+    parser = experiment.argument_parser("")
+    s = cli.settings_from_args(parser.parse_args(
+        ["--preset", "cpu", "--optimizer", "adamw", "--model", "vit"]))
+    assert (s.optimizer, s.lr, s.weight_decay, s.warmup_epochs) == (
+        "adamw", 1e-3, 0.05, 5)
+    s = cli.settings_from_args(parser.parse_args(
+        ["--optimizer", "adamw", "--lr", "3e-4", "--epochs", "10"]))
+    assert (s.lr, s.weight_decay) == (3e-4, 0.05)
+    assert cli.settings_from_args(parser.parse_args(
+        ["--optimizer", "sgd"])).optimizer is None  # the default, as saved
+    kwargs, _ = experiment.method_plan(s)
+    assert kwargs["weight_decay"] == 0.0
+    schedule = experiment.learning_rate(s, 4)
+    rates = [float(keras.ops.convert_to_numpy(schedule(t)))
+             for t in (0, 10, 20, 30, 40)]
+    # Linear to 3e-4 over 5 epochs of 4 steps, then cosine over 5 epochs.
+    assert rates == pytest.approx([0.0, 1.5e-4, 3e-4,
+                                   1.5e-4 * (1 + math.cos(math.pi / 2)),
+                                   0.0], abs=1e-9)
+    with pytest.raises(ValueError, match="--momentum: --optimizer adamw "
+                       "has no momentum flag"):
+        experiment.validate(dataclasses.replace(s, momentum=0.5))
+    with pytest.raises(ValueError, match="--warmup-epochs: must be in "
+                       r"\[0, --epochs 10\)"):
+        experiment.validate(dataclasses.replace(s, warmup_epochs=10))
+    run = dataclasses.replace(
+        s, dataset="cifar10", model="vit", method="sam", epochs=2,
+        warmup_epochs=1, train_examples=128, batch_size=64,
+        test_examples=100, data_dir=tfds_dir)
+    summary = experiment.run(run, output_dir=str(tmp_path / "run"),
+                             verbose=0)
+    assert summary["settings"]["optimizer"] == "adamw"
+    assert summary["grad_evals"] == 2 * 2 * 2

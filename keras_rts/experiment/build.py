@@ -79,7 +79,9 @@ def method_plan(s):
     radius, grad_scale = s.method_radius(), s.method_grad_scale()
     method = s.recipe_method
     kwargs = dict(method=s.step, radius=radius[0], grad_scale=grad_scale[0],
-                  weight_decay=s.weight_decay, perturbation=s.perturbation,
+                  # AdamW's weight decay is its own (decoupled).
+                  weight_decay=0.0 if s.optimizer else s.weight_decay,
+                  perturbation=s.perturbation,
                   sub_batch_size=s.sub_batch_size,
                   exclude_from_perturbation=(
                       None if s.exclude_from_perturbation is None
@@ -107,17 +109,29 @@ def method_plan(s):
 
 
 def learning_rate(settings, steps):
-    """The recipes' learning rate: cosine decay from `lr` to 0 over the run."""
+    """The recipes' learning rate: cosine decay from `lr` to 0 over the
+    run, after `warmup_epochs` of linear warm-up from 0 if set."""
+    warmup = settings.warmup_epochs or 0
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            settings.lr, settings.epochs * steps)
     return keras.optimizers.schedules.CosineDecay(
-        settings.lr, settings.epochs * steps)
+        0.0, (settings.epochs - warmup) * steps, warmup_target=settings.lr,
+        warmup_steps=warmup * steps)
 
 
 def compile_model(model, settings, steps):
-    """Compiles as every recipe does: SGD with momentum, cosine-decayed lr."""
+    """Compiles as every recipe does: SGD with momentum (or AdamW with its
+    decoupled weight decay), the learning rate cosine-decayed."""
     s = settings
+    if s.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate(s, steps),
+                                           weight_decay=s.weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate(s, steps),
+                                         momentum=s.momentum)
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate(s, steps),
-                                       momentum=s.momentum),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         # Without the flag, Keras' own "auto": compiled under JAX (its

@@ -8,7 +8,8 @@ from keras_rts import data as data_lib
 from keras_rts.experiment.flags import FLAG_TYPES, RecipeParser, flag_errors
 from keras_rts.experiment.flags import verbosity
 from keras_rts.experiment.runs import check_run, run
-from keras_rts.experiment.settings import PRESETS, Settings
+from keras_rts.experiment.settings import (OPTIMIZER_DEFAULTS, PRESETS,
+                                           Settings)
 
 
 def argument_parser(description, datasets=data_lib.DATASETS, exclude=(),
@@ -82,8 +83,10 @@ def _default_text(field):
 
 
 def settings_from_args(args):
-    """`Settings` from parsed flags: explicit flags, then preset, then defaults."""
-    preset = PRESETS[args.preset]
+    """`Settings` from parsed flags: explicit flags, then the optimizer's
+    defaults (`OPTIMIZER_DEFAULTS`), then the preset, then the fields'."""
+    preset = {**PRESETS[args.preset], **OPTIMIZER_DEFAULTS.get(
+        getattr(args, "optimizer", None), {})}
     values = {}
     for field in dataclasses.fields(Settings):
         value = getattr(args, field.name, None)

@@ -93,7 +93,7 @@ def verbosity(text):
 FLAG_TYPES = {
     "epochs": positive_int, "batch_size": positive_int,
     "seed": _number(int, minimum=0, maximum=2**32 - 1),
-    "lr": positive_float,
+    "lr": positive_float, "warmup_epochs": non_negative_int,
     "momentum": _number(float, minimum=0, maximum=1, high_open=True),
     "weight_decay": non_negative_float,
     "train_examples": positive_int, "test_examples": positive_int,

@@ -114,6 +114,15 @@ TIMINGS = ("fixed", "lr", "variance", "gap")
 STRATEGIES = ("none", "mirrored", "multiworker")
 
 
+OPTIMIZERS = ("sgd", "adamw")
+"""The recipes' optimizers; `None` in the settings is SGD."""
+
+OPTIMIZER_DEFAULTS = {"adamw": dict(lr=1e-3, weight_decay=0.05,
+                                    warmup_epochs=5)}
+"""What `--optimizer adamw` changes of the other flags' defaults (an
+explicit flag still wins): AdamW's usual learning rate, its decoupled
+weight decay as ViT recipes use it (DeiT: 0.05), and a warm-up."""
+
 PRESETS = {
     "paper": dict(model="resnet18", epochs=200, batch_size=128, lr=0.1,
                   train_examples=None),
@@ -149,10 +158,18 @@ class Settings:
     model: str = _field("resnet18", "network", choices=models_lib.MODELS)
     epochs: int = _field(200, "epochs of the run")
     batch_size: int = _field(128, "examples per batch")
+    optimizer: Optional[str] = _field(
+        None, "sgd (with momentum) or adamw, which sets --lr 0.001, "
+        "--weight-decay 0.05 (AdamW's own, decoupled) and --warmup-epochs "
+        "5 unless given (default: sgd)", choices=OPTIMIZERS)
     lr: float = _field(0.1, "peak learning rate (cosine decay to 0)")
+    warmup_epochs: Optional[int] = _field(
+        None, "epochs of linear learning-rate warm-up from 0 before the "
+        "cosine decay (default: none; 5 with --optimizer adamw)")
     momentum: float = _field(0.9, "SGD momentum")
     weight_decay: float = _field(
-        5e-4, "coupled L2 weight decay, as in the published recipes")
+        5e-4, "L2 weight decay: SGD's coupled (added to the direction, as "
+        "in the published recipes), AdamW's decoupled")
     seed: int = _field(0, "seed of initialisation, order and augmentation")
     train_examples: Optional[int] = _field(
         None, "train on this many training images (a subset)")
@@ -241,6 +258,10 @@ class Settings:
     sub_batch_size: Optional[int] = _field(
         None, "m: form ε per sub-batch of m examples of each replica's "
         "batch and average (m-sharpness); default one ε per batch")
+
+    def __post_init__(self):
+        if self.optimizer == "sgd":  # the default, spelt out
+            self.optimizer = None
 
     @property
     def recipe_method(self):
@@ -370,6 +391,7 @@ def unused_flags(settings):
         "gap_mu": timed and s.timing == "gap",
         "gap_t": timed and s.timing == "gap",
         "test_examples": not s.validation_examples,
+        "momentum": s.optimizer is None,
     }
     fields = Settings.__dataclass_fields__
     return sorted(name for name, used in applies.items()
@@ -399,6 +421,8 @@ def _why_unused(s, name):
         return f"it is a setting of {_listed(users)}, not of {s.step}"
     if name == "test_examples":
         return "--validation-examples evaluates on held-out training images"
+    if name == "momentum":
+        return f"--optimizer {s.optimizer} has no momentum flag"
     if name == "timing" or not s.recipe_method.takes("t"):
         return (f"method {s.method} has no timing "
                 f"({_listed(_taking('t'))} do)")
@@ -461,6 +485,12 @@ def validate(settings, refuse_unused=True):
         raise flag_error("validation_examples", "must be ≥ 0")
     if not (math.isfinite(s.lr) and s.lr > 0):
         raise flag_error("lr", f"must be finite and > 0, got {s.lr}")
+    if s.optimizer not in (None, *OPTIMIZERS):
+        raise flag_error("optimizer", f"{s.optimizer!r} is not one of "
+                         f"{list(OPTIMIZERS)}")
+    if s.warmup_epochs is not None and not 0 <= s.warmup_epochs < s.epochs:
+        raise flag_error("warmup_epochs", f"must be in [0, --epochs "
+                         f"{s.epochs}), got {s.warmup_epochs}")
     if not 0 <= s.momentum < 1:
         raise flag_error("momentum", f"must be in [0, 1), got {s.momentum}")
     if not (math.isfinite(s.weight_decay) and s.weight_decay >= 0):
