@@ -77,13 +77,15 @@ def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
     Example (TensorFlow or PyTorch; JAX in docs/functional.md):
 
     ```python
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(True)
+
     class MyModel(keras.Model):
         def train_step(self, data):
             x, y = data
             def loss_fn(weights, state):
                 y_pred, state = self.stateless_call(weights, state, x,
                                                     training=True)
-                return loss(y, y_pred), y_pred, state
+                return cross_entropy(y, y_pred), y_pred, state
             d = keras_rts.functional.direction(
                 loss_fn, self.trainable_variables,
                 [v.value for v in self.non_trainable_variables],
