@@ -12,13 +12,14 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import textwrap
 import tomllib
 
 import pytest
+
+from tests.test_multiworker import _free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md"] + sorted(
@@ -250,16 +251,6 @@ def test_the_shell_block_runs(page, code, tmp_path, request):
             out = _run_recipe(command, tmp_path,
                               request.getfixturevalue("shared_datasets"))
             assert os.listdir(out)
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _run_two_workers(code, tmp_path, shared):
