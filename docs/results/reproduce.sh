@@ -91,10 +91,10 @@ TFDS_DATA_DIR="$DATA/tensorflow_datasets" python recipes/benchmark.py \
     pipeline --data-dir "$DATA/tensorflow_datasets" --output docs/benchmarks
 
 # The SAM family's frontier under 40 % noise, paired against SGD and SAM
-# (the guide's frontier table; LookSAM, random switching and interval SAM
-# at 1.2× first, gsam and fsam at 2× added to --methods as they run):
+# (the guide's frontier table: LookSAM, random switching and interval SAM
+# at 1.2×, GSAM and Friendly-SAM at 2×):
 python recipes/compare.py --methods sgd sam rts_searched looksam sam_random \
-    sam_interval \
+    sam_interval gsam fsam \
     --baselines sgd sam --results-name frontier --seeds 0 1 2 \
     --label-noise 0.4 \
     --output-dir docs/results/cifar10_small_resnet_5k_60_noise40 \
