@@ -701,26 +701,26 @@ class RTSModel(backend.Trainer, keras.Model):
         load but for ρ and λ, which are that method's units: this model
         keeps its own and warns, naming both."""
         own = self._trainable_variables + self._non_trainable_variables
-        names = [k for k in store.keys() if k != "method"]
-        if len(names) != len(own):
+        if len([k for k in store.keys() if k != "method"]) != len(own):
             self._check_load_own_variables(store)  # Keras' error
         saved = ("method" in store and bytes(np.asarray(
             store["method"], np.uint8)).decode())
-        keep = {}
-        if saved and saved != self.method:
-            keep = {id(v): v.numpy() for v in (self.radius, self.grad_scale)}
-            index = {id(v): str(i) for i, v in enumerate(own)}
-            theirs = [float(np.asarray(store[index[id(v)]]))
-                      for v in (self.radius, self.grad_scale)]
+        kept = ((self.radius, self.grad_scale)
+                if saved and saved != self.method else ())
+        if kept:
+            position = {id(v): str(i) for i, v in enumerate(own)}
+            theirs = [float(np.asarray(store[position[id(v)]])) for v in kept]
+            mine = [float(v.numpy()) for v in kept]
             warnings.warn(
                 f"These weights are of an RTSModel with method={saved!r} "
                 f"(radius={theirs[0]:g}, grad_scale={theirs[1]:g}); this "
                 f"model's method is {self.method!r}: the network's weights, "
                 "the counters and the timing are loaded, radius and "
-                f"grad_scale stay this model's ({float(keep[id(self.radius)]):g}, "
-                f"{float(keep[id(self.grad_scale)]):g}).", stacklevel=2)
+                f"grad_scale stay this model's ({mine[0]:g}, {mine[1]:g}).",
+                stacklevel=2)
         for i, variable in enumerate(own):
-            variable.assign(keep.get(id(variable), store[str(i)]))
+            if not any(variable is k for k in kept):
+                variable.assign(store[str(i)])
 
     def compile_from_config(self, config):
         # Keras does not re-compile a loaded model whose `compile` is

@@ -27,7 +27,6 @@ from keras_rts import _extras
 from keras_rts import data as data_lib
 from keras_rts import experiment
 from keras_rts import models as models_lib
-from keras_rts.callbacks import lr_start_epoch
 from keras_rts.model import RTSModel
 from keras_rts.tuning import SearchSpace, rts_config
 
@@ -219,8 +218,6 @@ def runnable_space(settings, space):
            f"{lowest:g} of its peak at the start of the last epoch, no "
            f"lower: an lr timing below that would never switch on")
     if high >= lowest:
-        lr_start_epoch(experiment.learning_rate(settings, 1),
-                       settings.epochs, 1, lowest)  # it does switch on
         return (dataclasses.replace(space, lr_fraction=(lowest, high)),
                 f"lr_fraction searched in [{lowest:g}, {high:g}], not "
                 f"[{low:g}, {high:g}]: {why}.")

@@ -56,6 +56,8 @@ class Trainer:
                                sample_weight):
         """`metrics_values` with each output's loss recorded
         (`_track_output_losses`), statelessly."""
+        if not getattr(self._compile_loss, "metrics", None):
+            return metrics_values  # one output: Keras logs no loss of its
         mapping = list(zip(self.metrics_variables, metrics_values))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             self._track_output_losses(y, y_pred, sample_weight)

@@ -181,7 +181,6 @@ def global_norm(tensors):
     return divisor * torch.linalg.vector_norm(torch.stack(norms))
 
 
-
 def value_and_grad(fn, weights, state):
     """`fn(weights, state) -> (loss, aux, new_state)` and the gradients of
     its loss with respect to `weights` (`keras_rts.functional`), all

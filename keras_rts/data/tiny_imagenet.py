@@ -221,7 +221,7 @@ def load_tiny_imagenet(root, split="train", *, batch_size=128,
         `(batch, image_size, image_size, 3)` (grayscale JPEGs get 3
         channels), int32 labels.
 
-    Every image is decoded once, here, (`decode_images`): a damaged one is
+    Every image is decoded once, here (`decode_images`): a damaged one is
     named before training.
 
     Raises:
