@@ -183,6 +183,57 @@ def step_cost(model="small_resnet", batch_size=128, steps=10, rounds=5,
             "ratios": _ratios(median, RATIOS)}
 
 
+MODEL_COSTS = {
+    "small_resnet": (lambda: models_lib.small_resnet(10, (32, 32, 3)), "sgd"),
+    "vit": (lambda: models_lib.vit(10), "adamw"),
+    "vit_4_heads": (lambda: models_lib.vit(10, heads=4), "adamw"),
+    "vit_depth_6": (lambda: models_lib.vit(10, depth=6), "adamw"),
+}
+"""The networks `model_cost` times, each with the optimizer its recipes
+train it with: the small ResNet with SGD, the ViT (its default, and with
+4 heads of 32 or 6 blocks) with AdamW."""
+
+
+def model_cost(batch_size=128, steps=10, rounds=5, names=tuple(MODEL_COSTS)):
+    """Median plain Keras training step of each of `MODEL_COSTS`, relative
+    to the small ResNet's: what a run of the same length costs on each.
+
+    Timed as `step_cost` times methods: each traced and warmed up, then
+    `rounds` rounds of `steps` steps, the order rotated.
+
+    Returns:
+        `{"median_step_seconds": {name: s}, "ratios": {name: ÷ small_resnet},
+        "parameters": {name: n}, "machine"}`.
+    """
+    rng = np.random.default_rng(0)
+    data = fixed_batches(
+        (rng.normal(size=(batch_size, 32, 32, 3)).astype("float32"),
+         rng.integers(0, 10, size=batch_size).astype("int32")))
+    built = {}
+    for name in names:
+        keras.utils.set_random_seed(0)
+        build, optimizer = MODEL_COSTS[name]
+        net = build()
+        net.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9)
+            if optimizer == "sgd" else keras.optimizers.AdamW(1e-3, 0.05),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        net.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
+        built[name] = net
+    times = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            clock = Clock(log=False)
+            built[name].fit(data, steps_per_epoch=steps, epochs=1, verbose=0,
+                            shuffle=False, callbacks=[clock])
+            times[name].extend(clock.step_seconds)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {"machine": machine(), "median_step_seconds": median,
+            "ratios": {n: median[n] / median["small_resnet"] for n in names},
+            "parameters": {n: built[n].count_params() for n in names}}
+
+
 def _ratios(median, ratios):
     return [{"step": a, "relative_to": b, "ratio": median[a] / median[b],
              "floor": floor, "overhead": median[a] / median[b] / floor - 1}

@@ -1,6 +1,7 @@
 """Cost benchmarks, measured as ratios within one process.
 
     python recipes/benchmark.py step-cost --output docs/benchmarks
+    python recipes/benchmark.py model-cost --output docs/benchmarks
     python recipes/benchmark.py pipeline --data-dir DIR --output docs/benchmarks
     python recipes/benchmark.py run-cost --output docs/benchmarks
     python recipes/benchmark.py run-cost --results docs/results/NAME
@@ -31,6 +32,11 @@ ResNet and ResNet-18 at batch 128 and 512, in float32 and
 waited for, with images a second; all within `--budget-seconds` (points
 left are listed as skipped). It writes `device_<backend>_<gpu|cpu>.md` and
 `.json`.
+
+`model-cost` times a plain Keras training step of each recipe network
+with its recipes' optimizer (the small ResNet with SGD, the ViT with
+AdamW, and two larger ViTs), interleaved, relative to the small ResNet's:
+how a run of the same length compares (the ViT is sized by it).
 
 `step-cost` times training steps of the same network for a plain
 `keras.Model` and for `RTSModel` with each method, on one fixed batch (so
@@ -99,6 +105,29 @@ def step_cost(args):
            f"step_cost_{args.model}{'_xla' if args.jit_compile else ''}"
            f"{'' if backend == 'tensorflow' else '_' + backend}",
            result, table)
+
+
+def model_cost(args):
+    result = benchmarks.model_cost(args.batch_size, args.steps, args.rounds)
+    result["command"] = _command("model-cost", args)
+    table = "\n".join([
+        f"A plain Keras training step of each recipe network on Keras' "
+        f"{keras.backend.backend()} backend, batch {args.batch_size}, with "
+        f"its recipes' optimizer; median of {args.rounds}×{args.steps} "
+        "steps each, relative to the small ResNet's (a run of the same "
+        "length costs the same ratio).",
+        "",
+        reporting.markdown_table(
+            ["network", "optimizer", "parameters", "ms per step",
+             "÷ small_resnet"],
+            [[name, benchmarks.MODEL_COSTS[name][1],
+              f"{result['parameters'][name]:,}", f"{seconds * 1000:.1f}",
+              f"{result['ratios'][name]:.2f}"]
+             for name, seconds in result["median_step_seconds"].items()]),
+    ] + _footer(result["command"], result["machine"]))
+    backend = keras.backend.backend()
+    _write(args.output, "model_cost"
+           + ("" if backend == "tensorflow" else "_" + backend), result, table)
 
 
 def pipeline(args):
@@ -290,6 +319,14 @@ def main(argv=None):
     cost.add_argument("--output", default=None,
                       help="folder for the JSON and markdown results")
     cost.set_defaults(run=step_cost)
+    networks = commands.add_parser(
+        "model-cost", help="the recipe networks' step against the small "
+        "ResNet's")
+    networks.add_argument("--batch-size", type=positive_int, default=128)
+    networks.add_argument("--steps", type=positive_int, default=10)
+    networks.add_argument("--rounds", type=positive_int, default=5)
+    networks.add_argument("--output", default=None)
+    networks.set_defaults(run=model_cost)
     feed = commands.add_parser("pipeline",
                                help="input pipeline against training")
     feed.add_argument("--dataset", default="cifar10",

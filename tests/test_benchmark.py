@@ -136,3 +136,23 @@ def test_run_cost_of_a_comparison_without_a_switch_is_refused(tmp_path,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "none of which switches" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_model_cost_writes_each_network_against_the_small_resnet(tmp_path):
+    _benchmark().main(["model-cost", "--batch-size", "4", "--steps", "1",
+                       "--rounds", "1", "--output", str(tmp_path)])
+    with open(tmp_path / "model_cost.json") as f:
+        result = json.load(f)
+    median = result["median_step_seconds"]
+    assert list(median) == ["small_resnet", "vit", "vit_4_heads",
+                            "vit_depth_6"]
+    assert result["ratios"]["small_resnet"] == 1.0
+    assert result["ratios"]["vit"] == pytest.approx(
+        median["vit"] / median["small_resnet"])
+    # 4 heads of 32 or 2 of 64: the same weights; 6 blocks: more.
+    params = result["parameters"]
+    assert params["vit"] == params["vit_4_heads"] == 280_970
+    assert params["vit_depth_6"] > params["vit"]
+    table = (tmp_path / "model_cost.md").read_text()
+    assert "| vit | adamw | 280,970 |" in table
+    assert "Command: `python recipes/benchmark.py model-cost" in table

@@ -346,6 +346,13 @@ def test_rts_searched_in_python_is_as_docs_rts_md_writes_it():
     assert grad_scale == pytest.approx([g.value(e) for e in range(60)])
 
 
+def test_sam_vit_is_sam_with_the_radius_vits_are_trained_with():
+    step, perturbs, radius, grad_scale = _epoch_by_epoch(
+        experiment.Settings(method="sam_vit", epochs=10))
+    assert (step, perturbs, grad_scale) == ("sam", [True] * 10, [0.0] * 10)
+    assert radius == pytest.approx([0.2] * 10)
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_a_tf_distribute_strategy_is_refused_on_other_backends(
         monkeypatch, backend):

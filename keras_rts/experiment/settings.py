@@ -70,6 +70,7 @@ METHODS = {m.name: m for m in (
     RecipeMethod("looksam", "looksam", ""),
     RecipeMethod("sam_interval", "sam", "", perturb_every=5),
     RecipeMethod("sam_random", "sam", "", perturb_probability=0.2),
+    RecipeMethod("sam_vit", "sam", "", radius=(4.0,)),
     RecipeMethod("r", None, "r", radius=(1.0, 0.1)),
     RecipeMethod("t", None, "t"),
     RecipeMethod("s", None, "s", grad_scale=(1.0, 0.5)),
@@ -93,6 +94,9 @@ between, as Composer's SAM `interval`, ρ unchanged: Composer's docs give
 no scaling) and `sam_random` (SAM's step on each step with probability
 0.2, drawn from the run's seed) are SAM at 1.2× SGD's gradient evaluations,
 the cheap arms beside `looksam` (k = 5) and `rts_searched`.
+
+`sam_vit` is SAM with ρ = 0.2 (4 × its CIFAR 0.05), the radius Chen et al.
+(ICLR 2022) train ViT-B/16 with (ViTs take a larger ρ than ResNets).
 
 `rts_searched` is the KerasTuner search's choice on held-out CIFAR-10
 training images (docs/tuning.md; trial 29, the best mean of the three best

@@ -31,13 +31,16 @@ class PositionEmbedding(layers.Layer):
 
 
 def vit(num_classes=10, input_shape=(32, 32, 3), patch_size=4, width=128,
-        depth=2, heads=4, mlp_width=256, dropout=0.0, name="vit"):
+        depth=2, heads=2, mlp_width=256, dropout=0.0, name="vit"):
     """A ViT: patches of `patch_size`², `depth` pre-norm blocks of `width`.
 
-    The defaults (64 patches of 4×4, width 128, 2 blocks of 4 heads, MLP
-    256: 281 k parameters) are sized to train on a CPU beside the small
-    ResNet (its step's cost: `recipes/benchmark.py step-cost --model
-    vit`); `depth=6` (811 k) is as deep as ViTs for CIFAR usually are.
+    The defaults (64 patches of 4×4, width 128, 2 blocks of 2 heads of
+    width 64 — the head width of ViT-Ti, -S and -B — MLP 256: 281 k
+    parameters) are about the smallest ViT of the usual shape: its AdamW
+    step costs 1.40 × the small ResNet's SGD step on 2 CPU cores (4 heads
+    of 32: 1.46 ×, 6 blocks: 4.18 ×; docs/benchmarks/model_cost.md, from
+    `recipes/benchmark.py model-cost`). `depth=6` (811 k) is as deep as
+    ViTs for CIFAR usually are.
 
     Args:
         num_classes: number of output logits.
