@@ -442,7 +442,8 @@ class LearningRateTrigger(PerturbationWindow):
 
     The perturbation is on from the first epoch that begins with the
     learning rate at or below `lr_fraction` of its peak over the run (the
-    largest learning rate at the start of an epoch), to the end. Late-phase
+    largest learning rate at the start of an epoch) after that peak, to the
+    end (a warm-up's low start does not count). Late-phase
     SAM is reported to match full SAM at a fraction of its cost (Zhou et al.,
     ICLR 2025); tying the start to the schedule keeps it late whatever the
     run's length or warm-up. The start is computed from the optimizer's
@@ -503,8 +504,9 @@ class LearningRateTrigger(PerturbationWindow):
 
 
 def lr_start_epoch(schedule, epochs, steps, lr_fraction):
-    """The first epoch that begins with the learning rate ≤ `lr_fraction`
-    of its peak (the largest at the start of an epoch).
+    """The first epoch from the peak on that begins with the learning rate
+    ≤ `lr_fraction` of its peak (the largest at the start of an epoch):
+    the epochs of a warm-up, which start low too, are before the peak.
 
     Args:
         schedule: a learning-rate schedule of the step.
@@ -518,8 +520,8 @@ def lr_start_epoch(schedule, epochs, steps, lr_fraction):
     rates = [float(keras.ops.convert_to_numpy(schedule(e * steps)))
              for e in range(epochs)]
     peak = max(rates)
-    for epoch, rate in enumerate(rates):
-        if rate <= lr_fraction * peak:
+    for epoch in range(rates.index(peak), epochs):
+        if rates[epoch] <= lr_fraction * peak:
             return epoch
     raise ValueError(
         f"lr_fraction={lr_fraction}: the learning rate stays above this "

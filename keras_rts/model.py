@@ -517,8 +517,10 @@ class RTSModel(backend.Trainer, keras.Model):
         """The non-trainable values after the step: the passes' state, the
         gradient evaluations and the recorded `‖g‖` if `finite`, else the
         old values; `skipped_steps` counts the step if not."""
-        mapping = [(v, n) for v, n in zip(self.non_trainable_variables,
-                                          new_state)]
+        # Only the variables written here are mapped: a scope's mapping is
+        # checked value by value, each step on PyTorch's eager path.
+        written = [self.grad_evals, *self.timing.variables]
+        mapping = [(v, new_state[self._state_index[id(v)]]) for v in written]
         with keras.StatelessScope(state_mapping=mapping) as scope:
             self.grad_evals.assign_add(passes_made)
             self.timing.record_grad_norm(grad_norm)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 import keras_rts
@@ -344,6 +345,24 @@ def test_rts_searched_in_python_is_as_docs_rts_md_writes_it():
     assert perturbs == [e >= trigger.start(60) for e in range(60)]
     assert radius == pytest.approx([r.value(e) for e in range(60)])
     assert grad_scale == pytest.approx([g.value(e) for e in range(60)])
+
+
+def test_the_lr_timing_under_adamw_starts_after_the_warm_up():
+    """With AdamW's 5 warm-up epochs the rate starts at 0: the lr timing
+    still starts late, where the cosine has fallen below the fraction."""
+    s = experiment.Settings(method="t", base_method="sam", timing="lr",
+                            lr_fraction=0.5, optimizer="adamw", lr=1e-3,
+                            warmup_epochs=5, epochs=60)
+    experiment.validate(s)
+    # NumPy: cosine over the 55 epochs after the warm-up; ≤ half the
+    # peak from the first epoch past the cosine's midpoint, 5 + 27.5.
+    after = np.arange(60) - 5
+    rates = np.where(after < 0, (after + 5) / 5,
+                     0.5 * (1 + np.cos(np.pi * np.clip(after / 55, 0, 1))))
+    want = int(np.argmax((rates <= 0.5) & (after >= 0)))
+    assert want == 33
+    assert callbacks.lr_start_epoch(experiment.learning_rate(s, 1), 60, 1,
+                                    0.5) == want
 
 
 def test_sam_vit_is_sam_with_the_radius_vits_are_trained_with():

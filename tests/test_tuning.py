@@ -120,6 +120,25 @@ def test_search_runs_and_every_trial_reaches_the_model(kind, tfds_dir,
                    for t in trials)
 
 
+def test_a_search_over_the_vit_trains_every_trial_with_adamw(tfds_dir,
+                                                            tmp_path):
+    settings = dataclasses.replace(
+        _settings(tfds_dir), model="vit", optimizer="adamw", lr=1e-3,
+        weight_decay=0.05, warmup_epochs=1)
+    hypermodel = search.RTSHyperModel(settings, 256,
+                                      tuning.SearchSpace(**SMALL_SPACE))
+    tuner = search.make_tuner("random", hypermodel, str(tmp_path),
+                              max_trials=3)
+    tuner.search()
+    _check_trials_reached_the_model(tuner)
+    model = hypermodel.build(tuner.oracle.get_best_trials(1)[0]
+                             .hyperparameters)
+    # AdamW's decoupled decay, none coupled into the direction.
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert model.optimizer.weight_decay == 0.05
+    assert model.weight_decay == 0
+
+
 # --- a user's own HyperModel ---------------------------------------------
 
 USER_EPOCHS, USER_STEPS = 3, 4

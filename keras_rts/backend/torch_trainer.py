@@ -49,9 +49,11 @@ class Trainer:
             for variable, value in zip(kept, before):
                 torch.where(step.finite, variable.value, value,
                             out=variable.value)
-            for variable, old, new in zip(state, state_values, step.state):
-                if new is not old:
-                    variable.assign(new)
+            changed = [(v.value, new) for v, old, new
+                       in zip(state, state_values, step.state)
+                       if new is not old]
+            if changed:  # in place, fused, as Keras' torch optimizers write
+                torch._foreach_copy_(*map(list, zip(*changed)))
         self._loss_tracker.update_state(
             step.loss, sample_weight=next(
                 i for i in keras.tree.flatten(x) if i is not None).shape[0])
