@@ -162,15 +162,29 @@ def step_cost(model="small_resnet", batch_size=128, steps=10, rounds=5,
         `{"median_step_seconds": {name: s}, "ratios": [{"step",
         "relative_to", "ratio", "floor", "overhead"}], "machine"}`.
     """
-    rng = np.random.default_rng(0)
-    batch = (rng.normal(size=(batch_size, 32, 32, 3)).astype("float32"),
-             rng.integers(0, 10, size=batch_size).astype("int32"))
-    data = fixed_batches(batch)
+    data = fixed_batches(_random_batch(batch_size))
     built = {name: _step_model(name, model, jit_compile) for name in STEPS}
+    median = _median_steps(built, data, steps, rounds)
+    return {"machine": machine(), "median_step_seconds": median,
+            "ratios": _ratios(median, RATIOS)}
+
+
+def _random_batch(batch_size, image_size=32):
+    """Random images and 10-class labels, the same for a seed-0 size."""
+    rng = np.random.default_rng(0)
+    shape = (batch_size, image_size, image_size, 3)
+    return (rng.normal(size=shape).astype("float32"),
+            rng.integers(0, 10, size=batch_size).astype("int32"))
+
+
+def _median_steps(built, data, steps, rounds):
+    """`{name: median step seconds}` of compiled models: each warmed up,
+    then `rounds` rounds of `steps` steps, the order rotated each round so
+    that none always runs first or last."""
     for each in built.values():
         each.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
-    times = {name: [] for name in STEPS}
-    names = list(STEPS)
+    times = {name: [] for name in built}
+    names = list(built)
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
@@ -178,9 +192,7 @@ def step_cost(model="small_resnet", batch_size=128, steps=10, rounds=5,
             built[name].fit(data, steps_per_epoch=steps, epochs=1, verbose=0,
                             shuffle=False, callbacks=[clock])
             times[name].extend(clock.step_seconds)
-    median = {name: statistics.median(t) for name, t in times.items()}
-    return {"machine": machine(), "median_step_seconds": median,
-            "ratios": _ratios(median, RATIOS)}
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 MODEL_COSTS = {
@@ -194,21 +206,18 @@ train it with: the small ResNet with SGD, the ViT (its default, and with
 4 heads of 32 or 6 blocks) with AdamW."""
 
 
-def model_cost(batch_size=128, steps=10, rounds=5, names=tuple(MODEL_COSTS)):
+def model_cost(batch_size=128, steps=10, rounds=5,
+               names=tuple(MODEL_COSTS)):
     """Median plain Keras training step of each of `MODEL_COSTS`, relative
     to the small ResNet's: what a run of the same length costs on each.
 
-    Timed as `step_cost` times methods: each traced and warmed up, then
-    `rounds` rounds of `steps` steps, the order rotated.
+    Timed as `step_cost` times methods (`_median_steps`).
 
     Returns:
         `{"median_step_seconds": {name: s}, "ratios": {name: ÷ small_resnet},
         "parameters": {name: n}, "machine"}`.
     """
-    rng = np.random.default_rng(0)
-    data = fixed_batches(
-        (rng.normal(size=(batch_size, 32, 32, 3)).astype("float32"),
-         rng.integers(0, 10, size=batch_size).astype("int32")))
+    data = fixed_batches(_random_batch(batch_size))
     built = {}
     for name in names:
         keras.utils.set_random_seed(0)
@@ -218,17 +227,8 @@ def model_cost(batch_size=128, steps=10, rounds=5, names=tuple(MODEL_COSTS)):
             optimizer=keras.optimizers.SGD(0.01, momentum=0.9)
             if optimizer == "sgd" else keras.optimizers.AdamW(1e-3, 0.05),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        net.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
         built[name] = net
-    times = {name: [] for name in names}
-    for round_ in range(rounds):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            clock = Clock(log=False)
-            built[name].fit(data, steps_per_epoch=steps, epochs=1, verbose=0,
-                            shuffle=False, callbacks=[clock])
-            times[name].extend(clock.step_seconds)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    median = _median_steps(built, data, steps, rounds)
     return {"machine": machine(), "median_step_seconds": median,
             "ratios": {n: median[n] / median["small_resnet"] for n in names},
             "parameters": {n: built[n].count_params() for n in names}}
@@ -270,11 +270,9 @@ def _device_point(model, batch_size, image_size, steps, rounds):
     """One model, batch size and (current) dtype policy: every
     `DEVICE_STEPS` step built, each phase compiled and warmed up, then
     `rounds` interleaved rounds of `steps` steps each."""
-    rng = np.random.default_rng(0)
     shape = (image_size, image_size, 3)
-    batch = (rng.normal(size=(batch_size, *shape)).astype("float32"),
-             rng.integers(0, 10, size=batch_size).astype("int32"))
-    data = fixed_batches(batch, on_device=True)
+    data = fixed_batches(_random_batch(batch_size, image_size),
+                         on_device=True)
     # XLA on TensorFlow and JAX; PyTorch eager, as Keras' default there
     # (torch.compile of every phase would not fit the time).
     jit_compile = keras.backend.backend() != "torch"
@@ -415,9 +413,7 @@ def run_cost(epochs=8, switch_epoch=4, examples=1280, rounds=3,
     if not 0 < k < n:
         raise ValueError(f"--switch-epoch: must be in (0, --epochs={n}), "
                          f"got {k}")
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(examples, 32, 32, 3)).astype("float32")
-    labels = rng.integers(0, 10, size=examples).astype("int32")
+    images, labels = _random_batch(examples)
     methods = ("sgd", "pugd", "t", "rts")
 
     def build(method):
