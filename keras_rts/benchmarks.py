@@ -206,8 +206,7 @@ train it with: the small ResNet with SGD, the ViT (its default, and with
 4 heads of 32 or 6 blocks) with AdamW."""
 
 
-def model_cost(batch_size=128, steps=10, rounds=5,
-               names=tuple(MODEL_COSTS)):
+def model_cost(batch_size=128, steps=10, rounds=5):
     """Median plain Keras training step of each of `MODEL_COSTS`, relative
     to the small ResNet's: what a run of the same length costs on each.
 
@@ -219,16 +218,17 @@ def model_cost(batch_size=128, steps=10, rounds=5,
     """
     data = fixed_batches(_random_batch(batch_size))
     built = {}
-    for name in names:
+    for name, (build, optimizer) in MODEL_COSTS.items():
         keras.utils.set_random_seed(0)
-        build, optimizer = MODEL_COSTS[name]
-        net = build()
-        net.compile(
+        built[name] = build()
+        # The recipes' optimizers (keras_rts.experiment.compile_model, not
+        # called: it needs TensorFlow's data stack, this does not).
+        built[name].compile(
             optimizer=keras.optimizers.SGD(0.01, momentum=0.9)
             if optimizer == "sgd" else keras.optimizers.AdamW(1e-3, 0.05),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        built[name] = net
     median = _median_steps(built, data, steps, rounds)
+    names = list(built)
     return {"machine": machine(), "median_step_seconds": median,
             "ratios": {n: median[n] / median["small_resnet"] for n in names},
             "parameters": {n: built[n].count_params() for n in names}}
