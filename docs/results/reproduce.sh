@@ -112,12 +112,6 @@ python recipes/compare.py --methods sgd sam rts_searched fsam \
 # A ViT with AdamW (issue 23; running, committed as runs finish): 40 %
 # noise, then clean labels; the four methods of the goal first.
 python recipes/benchmark.py model-cost --output docs/benchmarks
-# (the interim table: seeds 0 and 1 of the first four, 40 % noise)
-python recipes/compare.py --methods sgd sam_vit rts_searched looksam \
-    --baselines sgd sam_vit --results-name results_4_methods_2_seeds \
-    --seeds 0 1 --label-noise 0.4 --model vit --optimizer adamw \
-    --output-dir docs/results/cifar10_vit_5k_60_noise40 --preset cpu \
-    --epochs 60 --data-dir "$DATA/tensorflow_datasets" --verbose 2
 for noise in 40 0; do
     folder=docs/results/cifar10_vit_5k_60$([ $noise = 0 ] || echo _noise$noise)
     python recipes/compare.py --methods sgd sam_vit rts_searched looksam \
