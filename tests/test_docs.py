@@ -178,6 +178,8 @@ with open(os.path.join(ROOT, "pyproject.toml"), "rb") as _f:
 SMALL_FLAGS = {
     "cifar.py": ["--epochs", "1", "--train-examples", "128",
                  "--test-examples", "100", "--batch-size", "64"],
+    "compare.py": ["--epochs", "1", "--train-examples", "128",
+                   "--validation-examples", "128", "--batch-size", "64"],
     "tune.py": ["--epochs", "2", "--max-trials", "1", "--initial-points",
                 "1", "--train-examples", "256", "--validation-examples",
                 "128", "--batch-size", "64", "--confirm-top", "1"],
