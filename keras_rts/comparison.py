@@ -206,6 +206,28 @@ def aggregate(runs, bases=None):
     return result
 
 
+def _how_read(bases, seeds):
+    """How a results.md reads: its spread and its differences, if any."""
+    if not bases:
+        return ("mean ± std over seeds." if seeds > 1
+                else "one run per method, so no spread.")
+    if seeds < 2:
+        return (f"one run per method, so no spread and no interval: Δ is "
+                f"the difference to {bases} run, in percentage points.")
+    return (f"mean ± std over seeds. Δ: the differences to {bases} runs of "
+            "the same seed, mean [95 % interval] over seeds (Student t, "
+            "paired by seed), in percentage points; the verdict says above "
+            "or below only when the interval excludes zero.")
+
+
+def _mean_and_std(stats):
+    """`54.80 ± 1.03` in percent; a single seed's value alone (it has no
+    spread)."""
+    if len(stats["values"]) < 2:
+        return f"{100 * stats['mean']:.2f}"
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+
 def _points(d):
     """`+0.48 [−0.21, +1.17]`: the mean difference and its 95 % interval, pp."""
     if d["low"] is None:
@@ -223,13 +245,7 @@ def table(aggregates):
     header += ["final top-1 verdict"]
     rows = []
     for method, a in aggregates.items():
-        cells = [
-            method,
-            f"{100 * a['final_test_top1']['mean']:.2f} ± "
-            f"{100 * a['final_test_top1']['std']:.2f}",
-            f"{100 * a['best_test_top1']['mean']:.2f} ± "
-            f"{100 * a['best_test_top1']['std']:.2f}",
-        ]
+        cells = [method] + [_mean_and_std(a[key]) for key in ACCURACIES]
         for key in ACCURACIES:
             cells += ["—" if b == method else _points(
                 a["difference"][b][key]) for b in bases]
@@ -312,10 +328,7 @@ def write_results(output_dir, methods, seeds, command=None, name="results",
         f.write(
             f"{describe(shared)}, batch {shared['batch_size']}, "
             f"seeds {', '.join(map(str, seeds))}; top-1 on the {evaluated} "
-            f"set; mean ± std over seeds. Δ: the differences to {bases} "
-            "runs of the same seed, mean [95 % interval] over seeds "
-            "(Student t, paired by seed), in percentage points; the verdict "
-            "says above or below only when the interval excludes zero.\n\n"
+            f"set; {_how_read(bases, len(seeds))}\n\n"
             + table(aggregates)
             + "\n\n"
             f"Command: `{command}`  \nMachine: "

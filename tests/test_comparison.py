@@ -17,7 +17,8 @@ from keras_rts import comparison, reporting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARISONS = [os.path.join(ROOT, "docs", "results", "*"),
-               os.path.join(ROOT, "docs", "tuning", "*", "confirmation")]
+               # a search's confirmation, the held-out choices' folders
+               os.path.join(ROOT, "docs", "tuning", "*", "*")]
 COMMITTED = sorted(p for folder in COMPARISONS for p in glob.glob(
     os.path.join(folder, "results*.json")))
 COMMITTED_RUNS = sorted(p for folder in COMPARISONS for p in glob.glob(
@@ -233,6 +234,22 @@ def test_aggregate_against_hand_computed_numbers():
     assert accuracy[0]["Δ final vs sgd (pp)"] == "—"
     assert cost[0]["evals ÷ pugd"] == "0.50"
     assert cost[1]["wall time ÷ sgd"] == "2.00"
+
+
+def test_a_single_seed_has_no_spread_and_no_interval():
+    """One run per method (a held-out choice, say): its top-1 alone, not
+    "± 0.00", and its difference to SGD without an interval."""
+    cost = dict(grad_evals=100, wall_time_seconds=1.0, cpu_time_seconds=1.0)
+    runs = {"sgd": [dict(cost, final_test_top1=0.5396, best_test_top1=0.55)],
+            "looksam": [dict(cost, final_test_top1=0.5, best_test_top1=0.51)]}
+    accuracy, _ = _tables(comparison.table(comparison.aggregate(runs)))
+    assert accuracy[0]["final top-1 (%)"] == "53.96"
+    assert accuracy[1]["Δ final vs sgd (pp)"] == "-3.96"
+    assert accuracy[1]["final top-1 verdict"] == "no difference shown vs sgd"
+    assert comparison._how_read("SGD's", 1) == (
+        "one run per method, so no spread and no interval: Δ is the "
+        "difference to SGD's run, in percentage points.")
+    assert comparison._how_read("", 1) == "one run per method, so no spread."
 
 
 def test_verdict_only_when_the_interval_excludes_zero():
