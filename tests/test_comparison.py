@@ -42,6 +42,9 @@ def _tables(markdown):
 
 
 def _plus_minus(cell):
+    """`54.80 ± 1.03` → (54.8, 1.03); a single seed's `53.96` → (53.96, 0)."""
+    if "±" not in cell:
+        return float(cell), 0.0
     mean, std = (float(v) for v in cell.split("±"))
     return mean, std
 

@@ -287,6 +287,31 @@ def test_saved_settings_spell_out_the_method_defaults(tmp_path):
         experiment.load_settings(str(folder)), resolved) == []
 
 
+def test_a_setting_neither_run_uses_does_not_make_them_differ():
+    """An SGD run is the same run whatever LookSAM's α, the test subset of
+    a held-out run, or SGD's momentum under AdamW: a comparison with
+    `--alpha` reuses the SGD runs it already has. Settings either run uses
+    still differ."""
+    sgd = experiment.Settings(method="sgd", epochs=10)
+    assert experiment.settings_differences(
+        sgd, dataclasses.replace(sgd, alpha=0.1)) == []
+    assert experiment.settings_differences(
+        dataclasses.replace(sgd, validation_examples=500),
+        dataclasses.replace(sgd, validation_examples=500,
+                            test_examples=100)) == []
+    adamw = dataclasses.replace(sgd, optimizer="adamw")
+    assert experiment.settings_differences(
+        adamw, dataclasses.replace(adamw, momentum=0.5)) == []
+    assert experiment.settings_differences(
+        sgd, dataclasses.replace(sgd, momentum=0.5)) == ["momentum"]
+    looksam = dataclasses.replace(sgd, method="looksam")
+    assert experiment.settings_differences(
+        looksam, dataclasses.replace(looksam, alpha=0.1)) == ["alpha"]
+    assert experiment.settings_differences(
+        sgd, dataclasses.replace(looksam, alpha=0.1)) == [
+        "alpha", "method", "radius"]
+
+
 CONFIRMATION = os.path.join(ROOT, "docs", "tuning", "cifar10_small_resnet_5k_60",
                             "confirmation")
 

@@ -356,7 +356,12 @@ def settings_differences(saved, wanted):
     """
     a = dataclasses.asdict(saved.resolved())
     b = dataclasses.asdict(wanted.resolved())
-    return sorted(k for k in a if k not in LOCATION_FIELDS and a[k] != b[k])
+    # A setting neither run uses (LookSAM's α for an SGD run) changes
+    # nothing it computes.
+    ignored = {k for k, on in _applies(saved).items()
+               if not on and not _applies(wanted)[k]}
+    return sorted(k for k in a if k not in LOCATION_FIELDS and a[k] != b[k]
+                  and k not in ignored)
 
 
 def unused_flags(settings):
@@ -370,11 +375,18 @@ def unused_flags(settings):
     Returns:
         The sorted field names.
     """
+    fields = Settings.__dataclass_fields__
+    return sorted(name for name, used in _applies(settings).items()
+                  if not used and getattr(settings, name) != fields[name].default)
+
+
+def _applies(settings):
+    """`{field: whether this run uses it}` for the fields a run may not use."""
     s = settings
     m = s.recipe_method
     perturbs = s.step not in ("sgd", "ugd")
     timed = m.takes("t")
-    applies = {
+    return {
         "radius": perturbs, "grad_scale": perturbs,
         "sub_batch_size": perturbs, "perturbation": perturbs,
         "perturb_probability": perturbs and (not timed or s.timing in (
@@ -397,9 +409,6 @@ def unused_flags(settings):
         "test_examples": not s.validation_examples,
         "momentum": s.optimizer is None,
     }
-    fields = Settings.__dataclass_fields__
-    return sorted(name for name, used in applies.items()
-                  if not used and getattr(s, name) != fields[name].default)
 
 
 def _taking(control):
