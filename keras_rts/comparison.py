@@ -327,7 +327,8 @@ def write_results(output_dir, methods, seeds, command=None, name="results",
     with open(os.path.join(output_dir, name + ".md"), "w") as f:
         f.write(
             f"{describe(shared)}, batch {shared['batch_size']}, "
-            f"seeds {', '.join(map(str, seeds))}; top-1 on the {evaluated} "
+            f"seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))}; top-1 on the {evaluated} "
             f"set; {_how_read(bases, len(seeds))}\n\n"
             + table(aggregates)
             + "\n\n"

@@ -109,6 +109,19 @@ python recipes/compare.py --methods sgd sam rts_searched fsam \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
 
+# LookSAM with the α chosen on held-out images (docs/tuning.md), paired
+# with the frontier's SGD and SAM runs, copied so as to be reused (running):
+folder=docs/results/cifar10_small_resnet_5k_60_noise40_looksam_alpha_0.1
+mkdir -p "$folder/runs"
+for run in sgd_seed0 sgd_seed1 sgd_seed2 sam_seed0 sam_seed1 sam_seed2; do
+    cp -rn docs/results/cifar10_small_resnet_5k_60_noise40/runs/$run "$folder/runs/"
+done
+python recipes/compare.py --methods sgd sam looksam --alpha 0.1 \
+    --baselines sgd sam --results-name results --seeds 0 1 2 \
+    --label-noise 0.4 --output-dir "$folder" \
+    --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
+
 # A ViT with AdamW (issue 23; running, committed as runs finish): 40 %
 # noise, then clean labels; the four methods of the goal first.
 python recipes/benchmark.py model-cost --output docs/benchmarks
