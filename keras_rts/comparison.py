@@ -206,12 +206,12 @@ def aggregate(runs, bases=None):
     return result
 
 
-def _how_read(bases, seeds):
+def _how_read(bases, seed_count):
     """How a results.md reads: its spread and its differences, if any."""
     if not bases:
-        return ("mean ± std over seeds." if seeds > 1
+        return ("mean ± std over seeds." if seed_count > 1
                 else "one run per method, so no spread.")
-    if seeds < 2:
+    if seed_count < 2:
         return (f"one run per method, so no spread and no interval: Δ is "
                 f"the difference to {bases} run, in percentage points.")
     return (f"mean ± std over seeds. Δ: the differences to {bases} runs of "

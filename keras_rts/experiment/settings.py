@@ -358,8 +358,9 @@ def settings_differences(saved, wanted):
     b = dataclasses.asdict(wanted.resolved())
     # A setting neither run uses (LookSAM's α for an SGD run) changes
     # nothing it computes.
-    ignored = {k for k, on in _applies(saved).items()
-               if not on and not _applies(wanted)[k]}
+    saved_uses, wanted_uses = _applies(saved), _applies(wanted)
+    ignored = {k for k in saved_uses
+               if not saved_uses[k] and not wanted_uses[k]}
     return sorted(k for k in a if k not in LOCATION_FIELDS and a[k] != b[k]
                   and k not in ignored)
 
