@@ -19,8 +19,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARISONS = [os.path.join(ROOT, "docs", "results", "*"),
                # a search's confirmation, the held-out choices' folders
                os.path.join(ROOT, "docs", "tuning", "*", "*")]
+
+
+def _is_comparison(path):
+    """A table that compare.py wrote (results, frontier, ...: its
+    `--results-name`), not a benchmark's or a tuner's JSON beside it."""
+    with open(path) as f:
+        return {"methods", "seeds", "aggregates", "runs"} <= set(json.load(f))
+
+
 COMMITTED = sorted(p for folder in COMPARISONS for p in glob.glob(
-    os.path.join(folder, "results*.json")))
+    os.path.join(folder, "*.json")) if _is_comparison(p))
 COMMITTED_RUNS = sorted(p for folder in COMPARISONS for p in glob.glob(
     os.path.join(folder, "runs", "*", "history.csv")))
 
@@ -89,6 +98,16 @@ def _check_results(folder, name="results"):
             with open(path) as f:
                 summaries[method].append(json.load(f))
         assert summaries[method] == results["runs"][method]
+    # The baselines a table is paired against (`--baselines`; SGD and PUGD
+    # by default, where run; none in a table of one method): the same for
+    # every method, each one of the methods.
+    baselines = sorted(results["aggregates"][methods[0]]["difference"])
+    assert set(baselines) <= set(methods)
+    for method in methods:
+        assert sorted(results["aggregates"][method]["difference"]) == \
+            baselines
+        assert sorted(results["aggregates"][method]["relative_cost"]) == \
+            baselines
     for method in methods:
         got = results["aggregates"][method]
         for key in ("final_test_top1", "best_test_top1", "grad_evals",
@@ -96,17 +115,13 @@ def _check_results(folder, name="results"):
             values = np.array([s[key] for s in summaries[method]], float)
             assert got[key]["mean"] == pytest.approx(values.mean(), rel=1e-12)
             assert got[key]["std"] == pytest.approx(values.std(), abs=1e-12)
-        for base in ("sgd", "pugd"):
-            if base not in methods:
-                continue
+        for base in baselines:
             for cost in ("grad_evals", "cpu_time_seconds"):
                 ratio = (np.mean([s[cost] for s in summaries[method]])
                          / np.mean([s[cost] for s in summaries[base]]))
                 assert got["relative_cost"][base][cost] == pytest.approx(
                     ratio, rel=1e-12)
-        for base in ("sgd", "pugd"):
-            if base not in methods:
-                continue
+        for base in baselines:
             for key in ("final_test_top1", "best_test_top1"):
                 paired = [s[key] - b[key] for s, b in
                           zip(summaries[method], summaries[base])]
@@ -132,8 +147,8 @@ def _check_results(folder, name="results"):
         mean, _ = _plus_minus(row["best top-1 (%)"])
         assert mean == pytest.approx(100 * a["best_test_top1"]["mean"],
                                      abs=0.006)
-        for base in ("sgd", "pugd"):
-            if base not in methods or base == row["method"]:
+        for base in baselines:
+            if base == row["method"]:
                 continue
             d = a["difference"][base]["final_test_top1"]
             cell = row[f"Δ final vs {base} (pp)"]
@@ -154,9 +169,7 @@ def _check_results(folder, name="results"):
             a["grad_evals"]["mean"], abs=0.5)
         assert float(row["CPU time (s)"]) == pytest.approx(
             a["cpu_time_seconds"]["mean"], abs=0.5)
-        for base in ("sgd", "pugd"):
-            if base not in methods:
-                continue
+        for base in baselines:
             for column, key in (("evals", "grad_evals"),
                                 ("CPU time", "cpu_time_seconds"),
                                 ("wall time", "wall_time_seconds")):
