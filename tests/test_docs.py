@@ -297,3 +297,51 @@ def test_the_layout_names_what_the_repository_holds():
     for name in os.listdir(os.path.join(ROOT, "keras_rts")):
         if name.endswith(".py") and not name.startswith("_"):
             assert f"keras_rts/{name}" in layout, f"{name} not in the layout"
+
+
+# --- the links --------------------------------------------------------------
+
+def _anchors(path):
+    """The anchors GitHub gives a page's headings: lower case, punctuation
+    dropped, spaces to hyphens, a repeated heading numbered."""
+    anchors, code = set(), False
+    with open(path) as f:
+        for line in f:
+            code ^= line.startswith("```")
+            heading = re.match(r"#+ (.*)", line)
+            if heading and not code:
+                anchor = re.sub(r"[^\w\- ]", "", heading.group(1).strip()
+                                .lower()).replace(" ", "-")
+                numbered, n = anchor, 0
+                while numbered in anchors:
+                    n += 1
+                    numbered = f"{anchor}-{n}"
+                anchors.add(numbered)
+    return anchors
+
+
+LINKED_PAGES = ["README.md"] + sorted(
+    os.path.relpath(os.path.join(folder, name), ROOT)
+    for folder, _, names in os.walk(os.path.join(ROOT, "docs"))
+    if os.sep + "runs" not in folder for name in names if name.endswith(".md"))
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES)
+def test_every_relative_link_of_a_page_leads_somewhere(page):
+    """A file the page links to exists, and so does the heading a link's
+    `#anchor` names: a renamed heading or a removed table fails here."""
+    with open(os.path.join(ROOT, page)) as f:
+        text = re.sub(r"^```.*?^```", "", f.read(), flags=re.S | re.M)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        full = (os.path.normpath(os.path.join(ROOT, os.path.dirname(page),
+                                              path)) if path
+                else os.path.join(ROOT, page))
+        if not os.path.exists(full):
+            broken.append(f"{target} (no such file)")
+        elif anchor and full.endswith(".md") and anchor not in _anchors(full):
+            broken.append(f"{target} (no such heading)")
+    assert broken == []

@@ -110,7 +110,7 @@ python recipes/compare.py --methods sgd sam rts_searched fsam \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
 
 # LookSAM with the α chosen on held-out images (docs/tuning.md), paired
-# with the frontier's SGD and SAM runs, copied so as to be reused (running):
+# with the frontier's SGD and SAM runs, copied so as to be reused:
 folder=docs/results/cifar10_small_resnet_5k_60_noise40_looksam_alpha_0.1
 mkdir -p "$folder/runs"
 for run in sgd_seed0 sgd_seed1 sgd_seed2 sam_seed0 sam_seed1 sam_seed2; do
