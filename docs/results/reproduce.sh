@@ -25,7 +25,7 @@ python recipes/compare.py --dataset tiny_imagenet --methods sgd pugd rts \
     --preset cpu --epochs 60 --train-examples 4000 --image-size 32 \
     --data-dir "$DATA/tiny-imagenet-20" --verbose 2
 
-# Where RTS pays (issue 13; running, committed as runs finish):
+# Where RTS pays (issue 13):
 # the RTS search on held-out training images, then SGD and its 3 best
 # trials re-run with seeds 1 and 2 on the same split, which choose the
 # recipes' rts_searched (docs/tuning.md),
@@ -122,7 +122,7 @@ python recipes/compare.py --methods sgd sam looksam --alpha 0.1 \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
 
-# A ViT with AdamW (issue 23; running, committed as runs finish): 40 %
+# A ViT with AdamW (issue 23; committed as runs finish): 40 %
 # noise, then clean labels; the four methods of the goal first.
 python recipes/benchmark.py model-cost --output docs/benchmarks
 for noise in 40 0; do
