@@ -130,6 +130,15 @@ python recipes/compare.py --methods sgd sam looksam --alpha 0.1 \
     --label-noise 0.4 --output-dir "$folder" \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
+# shown above SGD, so seeds 3 and 4 (SGD's and SAM's copied likewise):
+for run in sgd_seed3 sgd_seed4 sam_seed3 sam_seed4; do
+    cp -rn docs/results/cifar10_small_resnet_5k_60_noise40/runs/$run "$folder/runs/"
+done
+python recipes/compare.py --methods sgd sam looksam --alpha 0.1 \
+    --baselines sgd sam --results-name results_5_seeds --seeds 0 1 2 3 4 \
+    --label-noise 0.4 --output-dir "$folder" \
+    --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
 
 # A ViT with AdamW (issue 23; committed as runs finish): 40 %
 # noise, then clean labels; the four methods of the goal first.
