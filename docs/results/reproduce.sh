@@ -141,15 +141,10 @@ python recipes/compare.py --methods sgd sam looksam --alpha 0.1 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
 
 # A ViT with AdamW (issue 23; committed as runs finish): 40 %
-# noise, then clean labels; the four methods of the goal first.
+# noise, then clean labels.
 python recipes/benchmark.py model-cost --output docs/benchmarks
 for noise in 40 0; do
     folder=docs/results/cifar10_vit_5k_60$([ $noise = 0 ] || echo _noise$noise)
-    python recipes/compare.py --methods sgd sam_vit rts_searched looksam \
-        --baselines sgd sam_vit --results-name results_4_methods \
-        --seeds 0 1 2 --label-noise 0.$noise --model vit --optimizer adamw \
-        --output-dir "$folder" --preset cpu --epochs 60 \
-        --data-dir "$DATA/tensorflow_datasets" --verbose 2
     python recipes/compare.py --methods sgd sam_vit sam pugd rts_searched \
         looksam --baselines sgd sam_vit --seeds 0 1 2 \
         --label-noise 0.$noise --model vit --optimizer adamw \
