@@ -140,8 +140,7 @@ python recipes/compare.py --methods sgd sam looksam --alpha 0.1 \
     --preset cpu --epochs 60 \
     --data-dir "$DATA/tensorflow_datasets" --verbose 2
 
-# A ViT with AdamW (issue 23; committed as runs finish): 40 %
-# noise, then clean labels.
+# A ViT with AdamW (issue 23): 40 % noise, then clean labels.
 python recipes/benchmark.py model-cost --output docs/benchmarks
 for noise in 40 0; do
     folder=docs/results/cifar10_vit_5k_60$([ $noise = 0 ] || echo _noise$noise)
