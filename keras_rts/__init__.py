@@ -1,9 +1,9 @@
 """keras_rts: PUGD and its Radius-Timing-Scale enhancements for Keras 3.
 
 `keras_rts.RTSModel` wraps any `keras.Model` and trains it with `model.fit`
-using one of the sharpness-aware steps of `keras_rts.directions`.
+using one of the sharpness-aware methods of `keras_rts.methods`.
 
-The core — `RTSModel`, `callbacks`, `schedules`, `directions`,
+The core — `RTSModel`, `callbacks`, `schedules`, `methods`, `directions`,
 `functional`, `files`, `models`, `tuning` — needs only Keras, NumPy and one Keras backend. The recipe layer
 (`data`, `experiment`, `search`, `comparison`, `reporting`, `plots`,
 `benchmarks`) is imported when first used, and names the extra to install
@@ -12,9 +12,9 @@ The core — `RTSModel`, `callbacks`, `schedules`, `directions`,
 
 import importlib
 
-from keras_rts import (callbacks, directions, files, functional, models,
-                       schedules, tuning)
-from keras_rts.directions import METHODS
+from keras_rts import (callbacks, directions, files, functional, methods,
+                       models, schedules, tuning)
+from keras_rts.methods import METHODS
 from keras_rts.model import RTSModel
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "callbacks",
     "directions",
     "files",
+    "methods",
     "functional",
     "models",
     "schedules",

@@ -21,16 +21,14 @@ The methods, in one frame (`g` the gradient at `w`, `g*` the gradient at
 | fsam   | ρ·u/(‖u‖+δ), u = g − σ·m       | g* + λ·g, λ=0 | no          |
 | looksam | SAM's, every k-th step only   | g* + λ·g; between: g + α·‖g‖/‖g_v‖·g_v + λ·g | no |
 
+| msam   | −ρ·v/(‖v‖+δ), v the momentum  | g at w + ε (one pass) | no |
+
 `g⊥` is the part of `g` orthogonal to `g*` (GSAM); `m` an average of past
 gradients (Friendly-SAM); `g_v` the part of `g*` orthogonal to `g`, kept
 from the last two-pass step (LookSAM). What a method keeps between steps
-(`m`, `g_v`) is its `memory`: model state, committed with the step.
+(`m`, `g_v`) is its `memory`: model state, committed with the step. Each
+method is one definition in `keras_rts.methods`, made of these pieces.
 """
-
-import dataclasses
-import functools
-import math
-from typing import Callable, Optional
 
 from keras import ops
 
@@ -135,9 +133,10 @@ def asam_perturbation(grads, weights, radius, eta=0.01):
         The list of perturbations `ε`.
     """
     scales = [ops.abs(w) + eta for w in _tensors(weights)]
-    scaled = [t * g for t, g in zip(scales, _tensors(grads))]
-    factor = radius / (global_norm(scaled) + DELTA)
-    return [t * s * ops.cast(factor, s.dtype) for t, s in zip(scales, scaled)]
+    weighted = [t * g for t, g in zip(scales, _tensors(grads))]
+    factor = radius / (global_norm(weighted) + DELTA)
+    return [t * s * ops.cast(factor, s.dtype)
+            for t, s in zip(scales, weighted)]
 
 
 def pugd_perturbation(grads, weights, radius):
@@ -189,7 +188,8 @@ def dot(a, b):
                for x, y in zip(_tensors(a), _tensors(b)))
 
 
-def _scaled(tensors, factor):
+def scaled(tensors, factor):
+    """Returns `factor · t` for a list of tensors."""
     return [t * ops.cast(factor, t.dtype) for t in _tensors(tensors)]
 
 
@@ -208,9 +208,9 @@ def gsam_direction(perturbed_grads, grads, grad_scale, alpha):
     """
     g_star, g = _tensors(perturbed_grads), _tensors(grads)
     along = dot(g, g_star) / (ops.square(global_norm(g_star)) + DELTA)
-    orthogonal = [a - b for a, b in zip(g, _scaled(g_star, along))]
+    orthogonal = [a - b for a, b in zip(g, scaled(g_star, along))]
     return [d - o for d, o in zip(combine(g_star, g, grad_scale),
-                                  _scaled(orthogonal, alpha))]
+                                  scaled(orthogonal, alpha))]
 
 
 def wsam_scale(gamma):
@@ -231,7 +231,7 @@ def looksam_orthogonal(perturbed_grads, grads):
     stores for the steps between."""
     g_star, g = _tensors(perturbed_grads), _tensors(grads)
     along = dot(g, g_star) / (ops.square(global_norm(g)) + DELTA)
-    return [a - b for a, b in zip(g_star, _scaled(g, along))]
+    return [a - b for a, b in zip(g_star, scaled(g, along))]
 
 
 def looksam_reuse(grads, orthogonal, alpha):
@@ -239,7 +239,7 @@ def looksam_reuse(grads, orthogonal, alpha):
     `g + α · ‖g‖ / (‖g_v‖ + δ) · g_v`, with the stored `g_v`."""
     g = _tensors(grads)
     factor = alpha * global_norm(g) / (global_norm(orthogonal) + DELTA)
-    return [a + b for a, b in zip(g, _scaled(orthogonal, factor))]
+    return [a + b for a, b in zip(g, scaled(orthogonal, factor))]
 
 
 def fsam_perturbation(grads, radius, average, sigma, decay):
@@ -257,173 +257,17 @@ def fsam_perturbation(grads, radius, average, sigma, decay):
     """
     g, m = _tensors(grads), _tensors(average)
     started = global_norm(m) > 0
-    u = [a - b for a, b in zip(g, _scaled(m, sigma))]
+    u = [a - b for a, b in zip(g, scaled(m, sigma))]
     new_average = [ops.where(started, decay * a + (1.0 - decay) * b, b)
                    for a, b in zip(m, g)]
     return scaled_to_radius(u, radius), new_average
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """What distinguishes one method's step from another's.
-
-    Attributes:
-        name: the method's name.
-        epsilon: `f(grads, weights, radius) -> ε`, or `None` for the
-            one-pass methods; for a method with an `"average"` memory,
-            `f(grads, weights, radius, average) -> (ε, new_average)`.
-        default_radius: the `ρ` used when the user gives none.
-        default_grad_scale: the `λ` used when the user gives none.
-        normalize: whether the direction is scaled to unit norm.
-        direction: `f(perturbed_grads, grads, grad_scale) -> d`; `None`
-            is `combine` (`d = g* + λ·g`).
-        memory: what the method keeps between steps, one tensor per
-            trainable variable: `None`, `"average"` (Friendly-SAM's `m`)
-            or `"orthogonal"` (LookSAM's `g_v`).
-        every: LookSAM's `k`: the two-pass step on every `k`-th step of the
-            method's phase, `reuse` on the others; `None` for the rest.
-        reuse: `f(grads, orthogonal) -> g*`'s stand-in on LookSAM's
-            one-pass steps.
-        options: the method's own settings, `(name, value)` pairs, as bound
-            (for its config and logs).
-    """
-
-    name: str
-    epsilon: Optional[Callable]
-    default_radius: float
-    default_grad_scale: float
-    normalize: bool
-    direction: Optional[Callable] = None
-    memory: Optional[str] = None
-    every: Optional[int] = None
-    reuse: Optional[Callable] = None
-    options: tuple = ()
-
-    @property
-    def passes(self):
-        """Forward/backward passes of a step that perturbs: 1 or 2 (for
-        LookSAM, 1 + 1/k on average)."""
-        if self.epsilon is None:
-            return 1
-        return 1 + 1 / self.every if self.every else 2
-
-
-OPTIONS = {
-    "asam": {"eta": 0.01},
-    "gsam": {"alpha": 0.4},
-    "wsam": {"gamma": 0.9},
-    "fsam": {"sigma": 1.0, "decay": 0.9},
-    "looksam": {"alpha": 0.7, "every": 5},
-}
-"""Each method's own settings and their published defaults
-(docs/method.md): ASAM's `η`; GSAM's `α` (pytorch_optimizer's default);
-WSAM's `γ` (the same); Friendly-SAM's `σ` and the average's decay (the
-paper's `λ`, 0.9); LookSAM's `α` and `k` (the paper's 0.7 and 5)."""
-
-
-def _fsam_epsilon(grads, weights, radius, average, sigma, decay):
-    del weights
-    return fsam_perturbation(grads, radius, average, sigma, decay)
-
-
-def _wsam_direction(perturbed_grads, grads, grad_scale, gamma):
-    return _scaled(combine(perturbed_grads, grads, grad_scale),
-                   wsam_scale(gamma))
-
-
-def _method(name, **options):
-    """The row of `name` with its options bound (defaults from `OPTIONS`)."""
-    bound = dict(OPTIONS.get(name, {}), **options)
-    if name == "sgd":
-        return Method("sgd", None, 0.0, 0.0, normalize=False)
-    if name == "ugd":
-        return Method("ugd", None, 0.0, 0.0, normalize=True)
-    if name == "sam":
-        return Method("sam", sam_perturbation, 0.05, 0.0, normalize=False)
-    if name == "asam":
-        return Method("asam", functools.partial(asam_perturbation,
-                                                eta=bound["eta"]),
-                      0.5, 0.0, normalize=False,
-                      options=tuple(bound.items()))
-    if name == "pugd":
-        return Method("pugd", pugd_perturbation, 1.0, 1.0, normalize=True)
-    if name == "gsam":
-        return Method("gsam", sam_perturbation, 0.05, 0.0, normalize=False,
-                      direction=functools.partial(gsam_direction,
-                                                  alpha=bound["alpha"]),
-                      options=tuple(bound.items()))
-    if name == "wsam":
-        return Method("wsam", sam_perturbation, 0.05,
-                      wsam_grad_scale(bound["gamma"]), normalize=False,
-                      direction=functools.partial(_wsam_direction,
-                                                  gamma=bound["gamma"]),
-                      options=tuple(bound.items()))
-    if name == "fsam":
-        return Method("fsam", functools.partial(
-            _fsam_epsilon, sigma=bound["sigma"], decay=bound["decay"]),
-            0.05, 0.0, normalize=False, memory="average",
-            options=tuple(bound.items()))
-    if name == "looksam":
-        return Method("looksam", sam_perturbation, 0.05, 0.0,
-                      normalize=False, memory="orthogonal",
-                      every=bound["every"],
-                      reuse=functools.partial(looksam_reuse,
-                                              alpha=bound["alpha"]),
-                      options=tuple(bound.items()))
-    raise KeyError(name)
-
-
-METHODS = {name: _method(name) for name in (
-    "sgd", "ugd", "sam", "asam", "pugd", "gsam", "wsam", "fsam", "looksam")}
-"""The methods by name, with their published default ρ, λ and options
-(SAM's ρ 0.05 and ASAM's 0.5 from their papers' CIFAR setups, PUGD's 1;
-the SAM variants perturb as SAM does, with its ρ; docs/method.md)."""
-
-
-def _check_option(name, value):
-    if name == "every":
-        if (isinstance(value, bool) or not isinstance(value, int)
-                or value < 1):
-            raise ValueError(
-                f"every must be a positive integer (LookSAM's k: the "
-                f"two-pass step on every k-th step), got {value!r}.")
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if name == "gamma" and not 0 < value < 1:
-        raise ValueError(
-            f"gamma must be in (0, 1) (WSAM's weight of the sharpness, "
-            f"γ/(1−γ)), got {value!r}.")
-    if name == "decay" and not 0 <= value < 1:
-        raise ValueError(
-            f"decay must be in [0, 1) (the decay of Friendly-SAM's "
-            f"gradient average), got {value!r}.")
-    if name in ("alpha", "sigma", "eta") and value < 0:
-        raise ValueError(f"{name} must be non-negative, got {value!r}.")
-
-
-def get_method(name, **options):
-    """Returns the `Method` called `name`, or raises a `ValueError`.
-
-    Args:
-        name: one of `METHODS`.
-        **options: the method's own settings (`OPTIONS`): `eta` for asam,
-            `alpha` for gsam and looksam, `gamma` for wsam, `sigma` and
-            `decay` for fsam, `every` for looksam. `None` means the
-            default; a setting another method uses is refused.
-    """
-    if not isinstance(name, str) or name not in METHODS:
-        raise ValueError(
-            f"Unknown method={name!r}: expected one of {sorted(METHODS)}."
-        )
-    given = {k: v for k, v in options.items() if v is not None}
-    for option, value in given.items():
-        if option not in OPTIONS.get(name, {}):
-            users = sorted(m for m, o in OPTIONS.items() if option in o)
-            raise ValueError(
-                f"{option}={value!r} is a setting of "
-                f"{' and '.join(users) or 'no method'}, not of "
-                f"method={name!r}.")
-        _check_option(option, value)
-    return _method(name, **given)
+def __getattr__(name):
+    # The methods' definitions moved to `keras_rts.methods`; these names
+    # stay readable here for code written against keras_rts 0.1.0.
+    if name in ("Method", "METHODS", "get_method"):
+        from keras_rts import methods
+        return getattr(methods, name)
+    raise AttributeError(
+        f"module 'keras_rts.directions' has no attribute {name!r}")

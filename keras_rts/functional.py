@@ -4,7 +4,7 @@
 direction of any method of docs/method.md from a stateless loss function
 of the weights: the first pass `g`, the perturbation, the second pass `g*`
 and the combination, normalised where the method normalises, with the
-same code `RTSModel`'s step runs (`keras_rts.model.method_passes` and
+same code `RTSModel`'s step runs (`keras_rts.step.method_passes` and
 `finished_direction`). Give the direction to your optimizer as you would
 a gradient. For GANs, models that already override `train_step`, or loops
 of your own — where a wrapper model does not fit. docs/functional.md has
@@ -16,8 +16,8 @@ import collections
 import keras
 from keras import ops
 
-from keras_rts import backend, directions
-from keras_rts.model import REUSE, finished_direction, method_passes
+from keras_rts import backend, methods
+from keras_rts.step import REUSE, finished_direction, method_passes
 
 Direction = collections.namedtuple(
     "Direction", "direction loss aux state memory grad_norm finite")
@@ -42,8 +42,8 @@ Attributes:
 
 
 def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
-              grad_scale=None, perturb=True, memory=None, weight_decay=0.0,
-              perturbed=None, **options):
+              grad_scale=None, perturb=True, memory=None, momentum=None,
+              weight_decay=0.0, perturbed=None, **options):
     """The direction of `method` for one batch.
 
     Args:
@@ -64,6 +64,10 @@ def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
             `g_v`: take it on all but every k-th step).
         memory: for `fsam` and `looksam`, the `memory` of the last call
             (`None` at the first: zeros).
+        momentum: for `msam`, `v`: your optimizer's first moment, one tensor
+            per weight, in the gradient's direction (Adam's `m`; PyTorch's
+            SGD momentum buffer; for Keras' `SGD`, whose momentum holds
+            `−lr·v`, its negation). `None`: zeros (a plain step).
         weight_decay: coupled L2 weight decay added to the direction after
             normalisation (`RTSModel`'s `weight_decay`).
         perturbed: which weights ε perturbs (booleans), or `None` for all
@@ -98,11 +102,11 @@ def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
     ```
     """
     backend.check_supported()
-    spec = directions.get_method(method, **options)
+    spec = methods.get_method(method, **options)
     if perturb not in (True, False, REUSE):
         raise ValueError(f"perturb must be True, False or {REUSE!r}, got "
                          f"{perturb!r}.")
-    if perturb == REUSE and spec.reuse is None:
+    if perturb == REUSE and REUSE not in spec.rules:
         raise ValueError(f"perturb={REUSE!r} is LookSAM's one-pass step; "
                          f"method={method!r} has none.")
     weights = [w.value if isinstance(w, keras.Variable) else w
@@ -114,6 +118,8 @@ def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
     grad_scale = spec.default_grad_scale if grad_scale is None else grad_scale
     if spec.memory and memory is None:
         memory = [ops.zeros_like(w) for w in weights]
+    if spec.momentum and momentum is None:
+        momentum = [ops.zeros_like(w) for w in weights]
 
     def pass_fn(batch, weights, state):
         loss, aux, new_state, grads = backend.value_and_grad(
@@ -122,8 +128,8 @@ def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
 
     passes, memory = method_passes(
         spec, pass_fn, None, weights, state, radius, grad_scale,
-        phase=perturb, memory=memory, perturbed=perturbed)
-    method_on = bool(perturb) and spec.name != "sgd"
+        phase=perturb, memory=memory, momentum=momentum, perturbed=perturbed)
+    method_on = bool(perturb) and not spec.plain
     failed = ops.cast(ops.logical_not(ops.all(ops.isfinite(passes.loss))),
                       "float32")
     d, grad_norm, finite = finished_direction(

@@ -25,11 +25,11 @@ import math
 from typing import Optional, Tuple
 
 from keras_rts import callbacks as rts_callbacks
-from keras_rts import directions
+from keras_rts import methods
 from keras_rts import schedules
 
-BASE_METHODS = tuple(name for name, method in directions.METHODS.items()
-                     if method.epsilon is not None and name != "wsam")
+BASE_METHODS = tuple(name for name, method in methods.METHODS.items()
+                     if method.from_batch and name != "wsam")
 """The steps the search can drive: the methods that perturb, but WSAM,
 whose own λ = (1−2γ)/γ is negative, outside the λ the search schedules
 (WSAM is SAM with that λ and a scaled direction: search `sam`)."""
@@ -79,7 +79,7 @@ class SearchSpace:
     Attributes:
         base_methods: the steps the controls may drive.
         radius_scale: `(low, high)` of ρ's first value, in units of the
-            step's own default ρ (`directions.Method.default_radius`:
+            step's own default ρ (`methods.Method.default_radius`:
             PUGD 1, SAM 0.05), log scale.
         radius_decay: `(low, high)` of ρ's last value ÷ its first, log
             scale (≤ 1: ρ shrinks or stays).
@@ -244,11 +244,11 @@ def rts_config(hp, epochs: int, space: Optional[SearchSpace] = None
     lr = (hp.Float("lr", *space.lr, sampling="log")
           if space.lr is not None else None)
 
-    first = scale * directions.METHODS[base].default_radius
+    first = scale * methods.METHODS[base].default_radius
     radius = ((first, first) if radius_shape == "constant"
               else (first, first * decay))
     if lam == "method":
-        own = directions.METHODS[base].default_grad_scale
+        own = methods.METHODS[base].default_grad_scale
         grad_scale, grad_scale_shape = (own, own), "constant"
     else:
         grad_scale, grad_scale_shape = (lam_first, lam_last), "linear"
@@ -278,7 +278,7 @@ def searched(epochs: int) -> RTSConfig:
     model.fit(..., epochs=60, callbacks=config.callbacks())
     ```
     """
-    radius = 3.972 * directions.METHODS["sam"].default_radius
+    radius = 3.972 * methods.METHODS["sam"].default_radius
     return RTSConfig(
         epochs=rts_callbacks._check_int("epochs", epochs, minimum=1),
         base_method="sam", radius=(radius, radius), radius_shape="constant",

@@ -73,8 +73,9 @@ def perturbation(method, grads, params, radius, eta=0.01):
     raise ValueError(method)
 
 
-DEFAULT_GRAD_SCALE = {"sam": 0.0, "asam": 0.0, "pugd": 1.0}
-DEFAULT_RADIUS = {"sam": 0.05, "asam": 0.5, "pugd": 1.0}  # docs/method.md
+DEFAULT_GRAD_SCALE = {"sam": 0.0, "asam": 0.0, "pugd": 1.0, "msam": 0.0}
+DEFAULT_RADIUS = {"sam": 0.05, "asam": 0.5, "pugd": 1.0,  # docs/method.md
+                  "msam": 0.3}
 SAM_FAMILY = ("gsam", "wsam", "fsam", "looksam")
 for _name in SAM_FAMILY:
     DEFAULT_RADIUS[_name] = 0.05
@@ -159,7 +160,23 @@ class ReferenceTrainer:
             d = [t / (n + DELTA) for t in d]
         return d
 
+    def momentum_sam_direction(self, x, y):
+        """Momentum-SAM: one pass at `w − ρ·v/(‖v‖ + δ)`, `v` the momentum
+        in the gradient's direction (Keras' SGD keeps `−lr·v`), the norm
+        over the `perturbed` parameters; its gradient is the direction."""
+        v = flat([-m for m in self.velocity]) * flat(
+            [np.full(p.shape, m) for p, m in zip(self.params, self.perturbed)])
+        eps = unflat(-self.radius * v / (np.linalg.norm(v) + DELTA),
+                     self.params)
+        _, g, (mean, var) = forward_backward(
+            [w + e for w, e in zip(self.params, eps)], x, y)
+        self.grad_evals += 1
+        self._update_moving(mean, var)
+        return g
+
     def direction(self, x, y):
+        if self.method == "msam" and self.perturb:
+            return self.momentum_sam_direction(x, y)
         if (self.sub_batch_size and self.perturb
                 and self.method in ("sam", "asam", "pugd")):
             return self.sub_batch_direction(x, y)
@@ -275,3 +292,53 @@ def replica_step(params, velocity, x, y, method, replicas, radius=1.0,
         d = [t / (n + DELTA) for t in d]
     velocity = [momentum * v - lr * t for v, t in zip(velocity, d)]
     return [w + v for w, v in zip(params, velocity)], velocity
+
+
+def authors_msam_sgd(params, moving, batches, lr, momentum, rho):
+    """Momentum-SAM with SGD as its authors wrote it (Becker et al. 2024,
+    Algorithm 1; MarlonBecker/MSAM `optimizer/msam.py`), no weight decay.
+
+    The stored parameters are `w̃ = w − ρ·v/‖v‖`: the gradient is taken
+    there, then `w` is recovered, `v ← μ·v + g`, `w ← w − lr·v`, and the
+    parameters step to the new `w̃`. Returns `w` (the authors'
+    `move_back_from_momentumAscent`) and the moving statistics.
+    """
+    p = [np.asarray(w, np.float64) for w in params]
+    moving_mean, moving_var = [np.asarray(m, np.float64) for m in moving]
+    buf = [np.zeros_like(w) for w in p]
+    inverse_norm = 0.0
+    for x, y in batches:
+        _, g, (mean, var) = forward_backward(p, np.asarray(x, np.float64), y)
+        moving_mean = moving_mean * BN_MOMENTUM + mean * (1 - BN_MOMENTUM)
+        moving_var = moving_var * BN_MOMENTUM + var * (1 - BN_MOMENTUM)
+        p = [w + rho * inverse_norm * b for w, b in zip(p, buf)]
+        buf = [momentum * b + d for b, d in zip(buf, g)]
+        p = [w - lr * b for w, b in zip(p, buf)]
+        inverse_norm = 1.0 / (norm(buf) + DELTA)
+        p = [w - rho * inverse_norm * b for w, b in zip(p, buf)]
+    w = [w + rho * inverse_norm * b for w, b in zip(p, buf)]
+    return w, (moving_mean, moving_var)
+
+
+def authors_msam_adamw(params, batches, lr, beta1, beta2, eps, rho):
+    """Momentum-SAM with AdamW as its authors wrote it
+    (`optimizer/adamW_msam.py`), no weight decay: Adam's first moment `m`
+    is `v`, the stored parameters `w − ρ·m/‖m‖`. Returns `w`. `eps` is
+    added where Keras' Adam adds it, to `√s` before the bias correction
+    (PyTorch's, which the authors use, adds it after): the one liberty."""
+    p = [np.asarray(w, np.float64) for w in params]
+    m = [np.zeros_like(w) for w in p]
+    s = [np.zeros_like(w) for w in p]
+    factor = 0.0
+    for step, (x, y) in enumerate(batches, start=1):
+        _, g, _ = forward_backward(p, np.asarray(x, np.float64), y)
+        p = [w + factor * a for w, a in zip(p, m)]
+        m = [beta1 * a + (1 - beta1) * d for a, d in zip(m, g)]
+        s = [beta2 * b + (1 - beta2) * d * d for b, d in zip(s, g)]
+        correction1, correction2 = 1 - beta1 ** step, 1 - beta2 ** step
+        p = [w - lr / correction1 * a / ((np.sqrt(b) + eps)
+                                         / np.sqrt(correction2))
+             for w, a, b in zip(p, m, s)]
+        factor = rho / (norm(m) + DELTA)
+        p = [w - factor * a for w, a in zip(p, m)]
+    return [w + factor * a for w, a in zip(p, m)]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from keras_rts import directions
+from keras_rts import directions, methods
 from tests import reference
 
 
@@ -36,7 +36,7 @@ def test_normalize_gives_unit_norm_and_keeps_zeros_finite():
 def test_perturbations_match_numpy(method, radius):
     grads, weights = _tensors(2), _tensors(3)
     expected = reference.perturbation(method, _np(grads), _np(weights), radius)
-    got = directions.METHODS[method].epsilon(grads, weights, radius)
+    got = methods.METHODS[method].epsilon(grads, weights, radius)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(np.asarray(g), e, rtol=1e-5, atol=1e-7)
     assert reference.norm(_np(got)) == pytest.approx(
@@ -54,7 +54,7 @@ def test_pugd_perturbation_is_zero_where_weights_are_zero():
 def test_zero_gradient_gives_zero_perturbation():
     zeros = [np.zeros_like(t) for t in _tensors(6)]
     for method in ("sam", "asam", "pugd"):
-        eps = directions.METHODS[method].epsilon(zeros, _tensors(7), 1.0)
+        eps = methods.METHODS[method].epsilon(zeros, _tensors(7), 1.0)
         for e in eps:
             assert np.all(np.isfinite(np.asarray(e)))
             np.testing.assert_array_equal(np.asarray(e), 0.0)
@@ -69,11 +69,11 @@ def test_combine_and_weight_decay():
 
 
 def test_method_table_matches_spec():
-    m = directions.METHODS
-    assert sorted(m) == ["asam", "fsam", "gsam", "looksam", "pugd", "sam",
-                         "sgd", "ugd", "wsam"]
-    assert [m[k].passes for k in ("gsam", "wsam", "fsam", "looksam")] == [
-        2, 2, 2, 1.2]
+    m = methods.METHODS
+    assert sorted(m) == ["asam", "fsam", "gsam", "looksam", "msam", "pugd",
+                         "sam", "sgd", "ugd", "wsam"]
+    assert [m[k].passes for k in ("gsam", "wsam", "fsam", "looksam",
+                                  "msam")] == [2, 2, 2, 1.2, 1]
     assert [m[k].normalize for k in ("sgd", "ugd", "sam", "asam", "pugd")] == [
         False, True, False, False, True]
     assert m["pugd"].default_grad_scale == 1.0
@@ -83,4 +83,4 @@ def test_method_table_matches_spec():
 
 def test_unknown_method_names_the_argument():
     with pytest.raises(ValueError, match="method='adam'"):
-        directions.get_method("adam")
+        methods.get_method("adam")

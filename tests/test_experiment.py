@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import keras_rts
-from keras_rts import callbacks, directions, experiment
+from keras_rts import callbacks, directions, experiment, methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY_KEYS = {"method", "dataset", "seed", "settings", "final_test_top1",
@@ -321,7 +321,7 @@ def _epoch_by_epoch(settings):
     whether it perturbs, ρ and λ (the step's own λ spelt out)."""
     kwargs, plan = experiment.method_plan(settings)
     epochs = settings.epochs
-    own = directions.METHODS[kwargs["method"]].default_grad_scale
+    own = methods.METHODS[kwargs["method"]].default_grad_scale
     radius = [kwargs["radius"]] * epochs
     grad_scale = [own if kwargs["grad_scale"] is None
                   else kwargs["grad_scale"]] * epochs

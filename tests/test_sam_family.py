@@ -8,7 +8,7 @@ import keras
 import pytest
 
 import keras_rts
-from keras_rts import directions
+from keras_rts import directions, methods
 from tests import reference
 from tests.test_model import (BATCH, _data, _fit, _moving, _net, _rts,
                               _trainable, check_against_reference,
@@ -37,7 +37,7 @@ def test_looksam_counts_one_pass_between_its_two_pass_steps():
     history = _fit(model, x, y, epochs=4)  # steps 0..11, full at 0, 5, 10
     assert history.history["grad_evals"] == [4, 8, 11, 15]
     assert model.method_steps.host_value == 12
-    assert directions.METHODS["looksam"].passes == 1.2
+    assert methods.METHODS["looksam"].passes == 1.2
 
 
 def test_looksam_cycle_counts_the_steps_of_its_phase_only():

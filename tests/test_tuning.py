@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_rts
-from keras_rts import directions, experiment, search, tuning
+from keras_rts import directions, experiment, methods, search, tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS, BATCH, TRAIN = 2, 64, 128
@@ -454,7 +454,7 @@ def test_the_sam_family_are_base_methods_of_the_search(base):
     assert np.isfinite(history.history["loss"]).all()
     # The step's own λ (WSAM's is negative: (1−2γ)/γ).
     assert history.history["grad_scale"][-1] == pytest.approx(
-        directions.METHODS[base].default_grad_scale)
+        methods.METHODS[base].default_grad_scale)
 
 
 def test_the_searched_configuration_is_a_python_preset_equal_to_the_recipes():

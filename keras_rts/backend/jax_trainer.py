@@ -36,7 +36,8 @@ class Trainer:
             return loss, y_pred, grads, new_state
 
         step = self._step(pass_fn, batch, trainable, non_trainable,
-                          self._perturbing, loss_scale=loss_scale)
+                          self._perturbing, loss_scale=loss_scale,
+                          optimizer_values=optimizer_values)
         new_trainable, new_optimizer = optimizer.stateless_apply(
             optimizer_values, step.direction, trainable)
         if not scaled:  # a LossScaleOptimizer skips non-finite steps itself

@@ -28,10 +28,11 @@ class Trainer:
         # than the step's arithmetic); its state updates (BatchNormalization
         # statistics) land in the variables, so their values before the
         # step are kept for a step that is not finite.
-        self._direct_pass = not (self.sub_batch_size
-                                 and self._method_on(self._perturbing))
+        method_on = self._method_on(self._perturbing)
+        direct = self._direct_pass = not (method_on and (
+            self.sub_batch_size or not self._method.first_pass_at_w))
         with torch.no_grad():
-            state_values = [v.value.clone() if self._direct_pass else v.value
+            state_values = [v.value.clone() if direct else v.value
                             for v in state]
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         with torch.no_grad():
@@ -57,12 +58,11 @@ class Trainer:
         self._loss_tracker.update_state(
             step.loss, sample_weight=next(
                 i for i in keras.tree.flatten(x) if i is not None).shape[0])
-        if self.sub_batch_size and self._method_on(self._perturbing):
+        if not direct:
             # (A first pass on the variables updated them itself.)
             self._track_output_losses(y, step.y_pred, sample_weight)
         metrics = self.compute_metrics(x, y, step.y_pred, sample_weight)
-        return self._logs(metrics, step, self._method_on(self._perturbing),
-                          step.state)
+        return self._logs(metrics, step, method_on, step.state)
 
     def _pass(self, batch, weights, state):
         """A training-mode forward/backward pass at `weights` and `state`.

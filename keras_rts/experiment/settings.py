@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import keras
 
 from keras_rts import data as data_lib
-from keras_rts import directions, files
+from keras_rts import files, methods
 from keras_rts import models as models_lib
 from keras_rts import schedules
 from keras_rts.callbacks import lr_start_epoch
@@ -35,7 +35,7 @@ class RecipeMethod:
         controls: the RTS controls: `"r"` (ρ scheduled), `"t"` (timing),
             `"s"` (λ scheduled), or several.
         radius: the default ρ in units of the step's own default ρ
-            (`keras_rts.directions.Method.default_radius`): one value, or
+            (`keras_rts.methods.Method.default_radius`): one value, or
             first and last for `r`.
         grad_scale: the default λ (first and last for `s`), or `None`
             for the step's own λ.
@@ -281,7 +281,7 @@ class Settings:
     def method_radius(self):
         if self.radius:
             return tuple(self.radius)
-        unit = directions.METHODS[self.step].default_radius
+        unit = methods.METHODS[self.step].default_radius
         return tuple(unit * r for r in self.recipe_method.radius)
 
     def method_grad_scale(self):
@@ -393,7 +393,7 @@ def _applies(settings):
         "perturb_probability": perturbs and (not timed or s.timing in (
             "fixed", "lr")),
         "exclude_from_perturbation": perturbs,
-        **{name: name in directions.OPTIONS.get(s.step, {})
+        **{name: name in methods.option_names(s.step)
            for name in METHOD_OPTIONS},
         "radius_shape": m.takes("r"), "grad_scale_shape": m.takes("s"),
         "timing": timed,
@@ -430,8 +430,8 @@ def _why_unused(s, name):
         return (f"the {s.timing} timing decides per epoch; random switching "
                 "works with the fixed and lr timings")
     if name in METHOD_OPTIONS:
-        users = sorted(m for m, o in directions.OPTIONS.items()
-                       if name in o and m != "asam")
+        users = sorted(m for m in methods.OPTIONS
+                       if name in methods.option_names(m) and m != "asam")
         return f"it is a setting of {_listed(users)}, not of {s.step}"
     if name == "test_examples":
         return "--validation-examples evaluates on held-out training images"

@@ -1,223 +1,19 @@
-"""Keras callbacks for the RTS controls, R, T and S (docs/method.md,
-"RTS"; docs/rts.md).
+"""T: the triggers that switch `RTSModel.perturb` on — plain one-pass
+`sgd` steps before, the method's step after (docs/method.md, "RTS"). What
+they remember lives in the model (`RTSModel.timing`), so a run resumed with
+`keras.callbacks.BackupAndRestore` continues exactly where it stopped."""
 
-- `RadiusScheduler` and `GradScaleScheduler` assign `RTSModel.radius` and
-  `RTSModel.grad_scale` from a schedule, per epoch or per step (R and S).
-- `PerturbationWindow`, `GradNormVarianceTrigger` and
-  `GeneralizationGapTrigger` switch `RTSModel.perturb` on: plain one-pass
-  `sgd` steps before, the method's step after (T).
-- `rts(...)` returns the list for the combined method.
-- `ProgbarLogger` is Keras' progress bar with the counters (`grad_evals`,
-  `perturb`, …) shown once per epoch; `RTSModel.fit` uses it.
-
-The callbacks only assign variables of the model between steps, so each
-phase's train function (perturbing or not) is traced once, whatever they
-do. What the triggers
-remember lives in the model (`RTSModel.timing`), so a run resumed with
-`keras.callbacks.BackupAndRestore` continues exactly where it stopped.
-"""
-
-import inspect
 import math
 import numbers
 import warnings
-from typing import Callable, Sequence
 
 import keras
 import numpy as np
 
-from keras_rts import schedules
 from keras_rts.backend import assign_between_steps
-from keras_rts.model import RTSModel
-from keras_rts.progbar import ProgbarLogger  # noqa: F401 (exported)
+from keras_rts.callbacks import checks
+from keras_rts.callbacks.checks import ScheduleLike
 from keras_rts.timing_state import GRAD_NORM_CAPACITY
-
-
-def _check_rts_model(callback, model):
-    if not isinstance(model, RTSModel):
-        raise ValueError(
-            f"{type(callback).__name__} must be used on a keras_rts.RTSModel,"
-            f" got a {type(model).__name__}: wrap the network first, "
-            "keras_rts.RTSModel(network, method=...)."
-        )
-
-
-def _check_one_step_per_call(callback, model):
-    """Per-step callbacks see every step only with `steps_per_execution=1`."""
-    steps = getattr(model, "steps_per_execution", 1)
-    if steps != 1:
-        raise ValueError(
-            f"{type(callback).__name__} acts between steps, but compile("
-            f"steps_per_execution={steps}) runs {steps} steps per call "
-            "without callbacks between them: compile with "
-            "steps_per_execution=1, or use per-epoch schedules and "
-            "perturb_every=1.")
-
-
-def _check_int(name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
-        value < minimum
-    ):
-        raise ValueError(
-            f"{name} must be an integer ≥ {minimum}, got {value!r}."
-        )
-    return int(value)
-
-
-def _check_probability(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-            0 <= value <= 1):
-        raise ValueError(
-            f"perturb_probability must be a number in [0, 1] (or a schedule "
-            f"of the step giving one), got {value!r}.")
-    return float(value)
-
-
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    return float(value)
-
-
-ScheduleLike = Callable[..., float]
-"""A schedule: `f(t)` or `f(t, current)` of the epoch (or step) `t`, as
-`keras_rts.schedules` and `keras.optimizers.schedules` objects are."""
-
-
-class _VariableScheduler(keras.callbacks.Callback):
-    """Assigns one of the model's variables from a schedule."""
-
-    variable = None  # the RTSModel attribute this scheduler assigns
-
-    def __init__(self, schedule: ScheduleLike, per_step: bool = False
-                 ) -> None:
-        super().__init__()
-        if not callable(schedule):
-            raise ValueError(
-                f"schedule must be callable (a keras_rts.schedules object, a "
-                f"keras.optimizers.schedules object or a function of the "
-                f"{'step' if per_step else 'epoch'}), got {schedule!r}."
-            )
-        if not isinstance(per_step, (bool, np.bool_)):
-            raise ValueError(f"per_step must be True or False, got "
-                             f"{per_step!r}.")
-        self.schedule = schedule
-        self.per_step = bool(per_step)
-        # `f(t, current_value)`, as `keras.callbacks.LearningRateScheduler`
-        # accepts, or `f(t)`.
-        self._takes_current = _required_positional(schedule) >= 2
-
-    def value(self, t, current=None):
-        """The schedule's value at epoch (or step) `t`, checked.
-
-        Args:
-            t: the epoch (or step).
-            current: the variable's value before, for `f(t, current)`
-                (read from the model if not given).
-        """
-        unit = "step" if self.per_step else "epoch"
-        if not self._takes_current:
-            value = self.schedule(t)
-        else:
-            value = self.schedule(
-                t, self._current() if current is None else current)
-        try:
-            value = float(np.asarray(keras.ops.convert_to_numpy(value)))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"The {self.variable} schedule gave {value!r} at {unit} {t}: "
-                f"{self.variable} must be a number.") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(
-                f"The {self.variable} schedule gave {value} at {unit} {t}: "
-                f"{self.variable} must be finite and non-negative."
-            )
-        return value
-
-    def _variable(self):
-        return getattr(self.model, self.variable)
-
-    def _current(self):
-        sync = getattr(self.model, "jax_state_sync", None)
-        if sync is not None:
-            sync()
-        return float(self._variable().numpy())
-
-    def on_train_begin(self, logs=None):
-        _check_rts_model(self, self.model)
-        epochs = self.params.get("epochs") or 1
-        steps = self.params.get("steps")
-        if self.per_step and not steps:
-            raise ValueError(
-                f"{type(self).__name__}(per_step=True) needs a known number "
-                "of steps per epoch: pass steps_per_epoch to fit()."
-            )
-        if self.per_step:
-            _check_one_step_per_call(self, self.model)
-        # Check the schedule before any step is taken (chained through
-        # the values it gives, for `f(t, current)`).
-        current = self._current()
-        times = [e * steps for e in range(epochs)] + [epochs * steps - 1] \
-            if self.per_step else range(epochs)
-        for t in times:
-            current = self.value(t, current)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        if not self.per_step:
-            assign_between_steps(self.model, self._variable(),
-                                 self.value(epoch))
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.per_step:
-            step = self._epoch * self.params["steps"] + batch
-            assign_between_steps(self.model, self._variable(),
-                                 self.value(step))
-
-
-def _required_positional(function):
-    """How many positional arguments `function` requires (1 if unknown)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    return sum(p.default is p.empty and p.kind in (
-        p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
-
-
-class RadiusScheduler(_VariableScheduler):
-    """Sets `RTSModel.radius` (ρ) from a schedule of the epoch or step.
-
-    Args:
-        schedule: a `keras_rts.schedules` object, a
-            `keras.optimizers.schedules` object, or any callable of the
-            epoch (or step) returning a non-negative number.
-        per_step: evaluate the schedule at every step (the global step
-            `epoch · steps_per_epoch + batch`) instead of every epoch.
-
-    Example:
-
-    ```python
-    model.fit(data, epochs=200, callbacks=[
-        keras_rts.callbacks.RadiusScheduler(
-            keras_rts.schedules.Cosine(3.0, 0.1, period=200))])
-    ```
-    """
-
-    variable = "radius"
-
-
-class GradScaleScheduler(_VariableScheduler):
-    """Sets `RTSModel.grad_scale` (λ) from a schedule of the epoch or step.
-
-    Args:
-        schedule: as for `RadiusScheduler`.
-        per_step: as for `RadiusScheduler`.
-    """
-
-    variable = "grad_scale"
 
 
 class _Trigger(keras.callbacks.Callback):
@@ -243,7 +39,7 @@ class _Trigger(keras.callbacks.Callback):
                  perturb_probability: float | ScheduleLike | None = None,
                  seed: int = 0) -> None:
         super().__init__()
-        self.perturb_every = _check_int("perturb_every", perturb_every,
+        self.perturb_every = checks.check_int("perturb_every", perturb_every,
                                         minimum=1)
         if perturb_probability is not None:
             if perturb_every != 1:
@@ -253,9 +49,9 @@ class _Trigger(keras.callbacks.Callback):
                     f"got perturb_every={perturb_every}, "
                     f"perturb_probability={perturb_probability!r}.")
             if not callable(perturb_probability):
-                _check_probability(perturb_probability)
+                checks.check_probability(perturb_probability)
         self.perturb_probability = perturb_probability
-        self.seed = _check_int("seed", seed)
+        self.seed = checks.check_int("seed", seed)
 
     @property
     def _per_step(self):
@@ -267,11 +63,11 @@ class _Trigger(keras.callbacks.Callback):
             return step % self.perturb_every == 0
         p = self.perturb_probability
         if callable(p):
-            p = _check_probability(float(keras.ops.convert_to_numpy(p(step))))
+            p = checks.check_probability(float(keras.ops.convert_to_numpy(p(step))))
         return np.random.default_rng((self.seed, step)).random() < p
 
     def on_train_begin(self, logs=None):
-        _check_rts_model(self, self.model)
+        checks.check_rts_model(self, self.model)
         fit_epochs = self.params.get("epochs")
         if self.epochs is not None and fit_epochs is not None:
             if fit_epochs > self.epochs:
@@ -296,7 +92,7 @@ class _Trigger(keras.callbacks.Callback):
                 raise ValueError(
                     f"{type(self).__name__}({which}) needs a known number of "
                     "steps per epoch: pass steps_per_epoch to fit().")
-            _check_one_step_per_call(self, self.model)
+            checks.check_one_step_per_call(self, self.model)
 
     def _check_epochs(self, epochs):
         pass
@@ -304,7 +100,7 @@ class _Trigger(keras.callbacks.Callback):
     def _set_epochs(self, epochs):
         """Takes the run's length, if given, and checks against it now."""
         if epochs is not None:
-            self.epochs = _check_int("epochs", epochs, minimum=1)
+            self.epochs = checks.check_int("epochs", epochs, minimum=1)
             self._check_epochs(self.epochs)
 
     @property
@@ -389,7 +185,7 @@ class PerturbationWindow(_Trigger):
                 f"start_fraction={start_fraction!r}."
             )
         if start_epoch is not None:
-            _check_int("start_epoch", start_epoch)
+            checks.check_int("start_epoch", start_epoch)
         if start_fraction is not None and not (
             isinstance(start_fraction, numbers.Real)
             and not isinstance(start_fraction, bool)
@@ -399,7 +195,7 @@ class PerturbationWindow(_Trigger):
                 f"start_fraction must be in [0, 1), got {start_fraction!r}."
             )
         if end_epoch is not None:
-            _check_int("end_epoch", end_epoch, minimum=1)
+            checks.check_int("end_epoch", end_epoch, minimum=1)
         self.start_epoch = start_epoch
         self.start_fraction = start_fraction
         self.end_epoch = end_epoch
@@ -550,9 +346,9 @@ class GradNormVarianceTrigger(_Trigger):
     def __init__(self, t0: int = 5, gamma: float = 0.5, k: int = 100,
                  perturb_every: int = 1, epochs: int | None = None) -> None:
         super().__init__(perturb_every)
-        self.t0 = _check_int("t0", t0)
-        self.gamma = _check_positive("gamma", gamma)
-        self.k = _check_int("k", k, minimum=2)
+        self.t0 = checks.check_int("t0", t0)
+        self.gamma = checks.check_positive("gamma", gamma)
+        self.k = checks.check_int("k", k, minimum=2)
         if self.k > GRAD_NORM_CAPACITY:
             raise ValueError(
                 f"k must be at most {GRAD_NORM_CAPACITY} (the gradient norms "
@@ -608,9 +404,9 @@ class GeneralizationGapTrigger(_Trigger):
     def __init__(self, xi: int = 5, mu: float = 2.0, t: int = 1,
                  perturb_every: int = 1, epochs: int | None = None) -> None:
         super().__init__(perturb_every)
-        self.xi = _check_int("xi", xi, minimum=1)
-        self.mu = _check_positive("mu", mu)
-        self.t = _check_int("t", t, minimum=1)
+        self.xi = checks.check_int("xi", xi, minimum=1)
+        self.mu = checks.check_positive("mu", mu)
+        self.t = checks.check_int("t", t, minimum=1)
         self._set_epochs(epochs)
 
     def _check_epochs(self, epochs):
@@ -660,138 +456,3 @@ class GeneralizationGapTrigger(_Trigger):
                 timing.threshold.assign(mean * self.mu)
         elif (epoch - self.xi + 1) % self.t == 0 and gap > self.base:
             self._switch_on_from(epoch + 1)
-
-
-def rts(epochs: int, radius: Sequence[float] = (3.0, 0.1),
-        start_epoch: int | None = None, start_fraction: float | None = None,
-        end_epoch: int | None = None,
-        grad_scale: Sequence[float] = (1.0, 0.5), radius_shape: str = "cosine",
-        grad_scale_shape: str = "linear",
-        timing: keras.callbacks.Callback | None = None,
-        steps_per_epoch: int | None = None, lr_fraction: float | None = None,
-        perturb_every: int = 1) -> list[keras.callbacks.Callback]:
-    """The callbacks of the combined method, RTS = R + T + S.
-
-    Defaults, and why: ρ anneals by a cosine from 3 to 0.1 over the run (a
-    wide radius while the loss surface is rough, a narrow one to settle);
-    plain SGD runs the first half (where PUGD is slower than SGD and costs
-    twice as much), PUGD the second half, so a run costs 1.5× SGD instead
-    of 2× (whether PUGD ends above SGD is for the results to say; on the
-    committed benchmarks it does not, docs/guide.md); λ falls linearly
-    from PUGD's 1 to 0.5,
-    shifting weight from the plain gradient to the perturbed one as
-    training settles (a hypothesis the results comparison puts to the
-    test).
-
-    The KerasTuner search and the comparisons changed none of these
-    (docs/rts.md, docs/guide.md). What the search chose, the recipes'
-    `rts_searched`, is SAM's step (the model's `method`, which these
-    callbacks do not set) with a constant ρ of 3.972 × SAM's 0.05 — a
-    radius in SAM's scale, meaningless for PUGD — from 0.813 of the run;
-    it was shown above SGD on CIFAR-10, where it was searched, and is level
-    with SGD on Tiny ImageNet-20, where it was not. Defaults tuned on one
-    dataset for another step would change what existing code trains
-    without evidence that it pays elsewhere, so they stay the published
-    method's and the searched RTS is a named configuration.
-
-    `epochs` is the length of the run, which the schedules span: `fit`
-    must not train beyond it (an error before the first step). A `fit`
-    with fewer epochs gets a warning, since its run ends before the
-    schedules do — expected when one run deliberately spans several `fit`
-    calls (`initial_epoch`), as a Hyperband trial continued from an
-    earlier one.
-
-    Args:
-        epochs: the number of epochs of the run.
-        radius: `(first, last)` values of ρ.
-        start_epoch: epoch from which the perturbation is on.
-        start_fraction: or the start as a fraction of `epochs` (0.5 when
-            none of `start_epoch`, `start_fraction`, `lr_fraction` is
-            given).
-        end_epoch: optional epoch from which it is off again.
-        grad_scale: `(first, last)` values of λ.
-        radius_shape: shape of ρ over the run, one of
-            `keras_rts.schedules.SHAPES`.
-        grad_scale_shape: shape of λ over the run.
-        timing: instead of the fixed window, a trigger callback
-            (`GradNormVarianceTrigger`, `GeneralizationGapTrigger`,
-            `LearningRateTrigger`).
-        steps_per_epoch: if given, ρ and λ change at every step (their
-            shapes run over `epochs · steps_per_epoch` steps) instead of
-            every epoch.
-        lr_fraction: late phase: the perturbation on once the learning
-            rate is at or below this fraction of its peak
-            (`LearningRateTrigger`).
-        perturb_every: the method's step on every `perturb_every`-th step
-            of the perturbing phase only, plain steps between (interval
-            mode; `grad_evals` grows by one per plain step, two per
-            perturbed one).
-
-    Returns:
-        A list of callbacks for `model.fit`: the radius scheduler, the
-        gradient-scale scheduler and the timing trigger.
-
-    Example:
-
-    ```python
-    model.fit(train, epochs=200, validation_data=test,
-              callbacks=keras_rts.callbacks.rts(epochs=200,
-                                                radius=(3.0, 0.1),
-                                                start_epoch=100))
-    ```
-    """
-    epochs = _check_int("epochs", epochs, minimum=1)
-    for name, pair in (("radius", radius), ("grad_scale", grad_scale)):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ValueError(
-                f"{name} must be a (first, last) pair, got {pair!r}."
-            )
-        for value in pair:
-            # λ may be negative: WSAM's own λ = (1−2γ)/γ is, for γ > 1/2.
-            if isinstance(value, bool) or not isinstance(
-                    value, numbers.Real) or not math.isfinite(value) or (
-                        name == "radius" and value < 0):
-                kind = "non-negative " if name == "radius" else ""
-                raise ValueError(
-                    f"{name} must hold finite {kind}numbers, got {pair!r}.")
-    window = (start_epoch, start_fraction, end_epoch)
-    if timing is None and lr_fraction is not None:
-        if window != (None, None, None):
-            raise ValueError(
-                "lr_fraction starts the perturbation from the learning "
-                "rate: give it without start_epoch, start_fraction and "
-                "end_epoch.")
-        timing = LearningRateTrigger(lr_fraction, epochs=epochs,
-                                     perturb_every=perturb_every)
-    elif timing is None:
-        if start_epoch is None and start_fraction is None:
-            start_fraction = 0.5
-        timing = PerturbationWindow(start_epoch, start_fraction, end_epoch,
-                                    epochs=epochs,
-                                    perturb_every=perturb_every)
-    elif not isinstance(timing, _Trigger) or window != (None, None, None) \
-            or lr_fraction is not None or perturb_every != 1:
-        raise ValueError(
-            "timing must be a trigger callback, and replaces start_epoch, "
-            "start_fraction, end_epoch, lr_fraction and perturb_every (give "
-            f"perturb_every to the trigger); got timing={timing!r}."
-        )
-    else:
-        timing._check_epochs(epochs)
-        timing.epochs = timing.epochs or epochs
-    per_step = steps_per_epoch is not None
-    duration = epochs
-    if per_step:
-        duration *= _check_int("steps_per_epoch", steps_per_epoch, minimum=1)
-    shaped = {}
-    for name, shape, pair in (("radius", radius_shape, radius),
-                              ("grad_scale", grad_scale_shape, grad_scale)):
-        try:
-            shaped[name] = schedules.get(shape, *pair, duration=duration)
-        except ValueError as e:
-            raise ValueError(f"{name} (shape {shape!r}): {e}") from None
-    return [
-        RadiusScheduler(shaped["radius"], per_step=per_step),
-        GradScaleScheduler(shaped["grad_scale"], per_step=per_step),
-        timing,
-    ]

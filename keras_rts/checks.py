@@ -1,0 +1,132 @@
+"""The checks of what a user gives the core, in one place: `RTSModel`'s
+arguments and `fit`'s labels. Each raises a `ValueError` naming the
+argument, before any work.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+
+from keras_rts import methods
+
+
+def finite_number(name, value, allow_none=False):
+    """A finite, non-negative real number (NumPy scalars too)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{name} must be finite and non-negative, got {value!r}.")
+
+
+def model_arguments(model, method, radius, grad_scale, perturb, weight_decay,
+                    eta, perturbation, sub_batch_size, options,
+                    exclude_from_perturbation):
+    """`RTSModel`'s arguments (see its docstring), checked.
+
+    Returns:
+        `(method, radius, grad_scale, perturb, sub_batch_size)`: the
+        `keras_rts.methods.Method` with its options bound, and the others
+        with the method's defaults filled in.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "model must be a keras.Model (e.g. a Sequential or functional "
+            f"model), got {type(model).__name__}.")
+    finite_number("eta", eta)
+    spec = methods.get_method(
+        method, eta=eta if method == "asam" else None, **options)
+    radius = spec.default_radius if radius is None else radius
+    finite_number("radius", radius)
+    if method == "wsam" and grad_scale is not None:
+        # WSAM's λ = (1−2γ)/γ is negative for γ > 1/2.
+        finite_number("|grad_scale|", abs(grad_scale))
+    else:
+        finite_number("grad_scale", grad_scale, allow_none=True)
+    if spec.momentum and grad_scale:
+        raise ValueError(
+            f"method={method!r} makes no pass at w, so it has no λ to "
+            f"weigh g with: leave grad_scale=None, got {grad_scale!r}.")
+    grad_scale = spec.default_grad_scale if grad_scale is None else grad_scale
+    finite_number("weight_decay", weight_decay)
+    if exclude_from_perturbation is not None and (
+            isinstance(exclude_from_perturbation, str)
+            or not all(isinstance(n, str) and n
+                       for n in exclude_from_perturbation)):
+        raise ValueError(
+            "exclude_from_perturbation must be a list of variable names or "
+            "parts of their paths (e.g. ['bias', 'gamma', 'beta']), got "
+            f"{exclude_from_perturbation!r}.")
+    if not isinstance(perturb, (bool, np.bool_)):
+        raise ValueError(f"perturb must be True or False, got {perturb!r}.")
+    if perturbation not in ("replica", "global"):
+        raise ValueError(
+            f"perturbation must be 'replica' or 'global', got "
+            f"{perturbation!r}.")
+    _sub_batches(spec, sub_batch_size, perturbation)
+    return (spec, float(radius), float(grad_scale), bool(perturb),
+            None if sub_batch_size is None else int(sub_batch_size))
+
+
+def _sub_batches(method, size, perturbation):
+    if size is None:
+        return
+    if (isinstance(size, (bool, np.bool_))
+            or not isinstance(size, numbers.Integral) or size < 1):
+        raise ValueError(
+            "sub_batch_size must be a positive integer (examples per "
+            f"sub-batch) or None, got {size!r}.")
+    why = None
+    if method.momentum:
+        why = ("forms ε from the optimizer's momentum, the same for the "
+               "whole batch")
+    elif not method.from_batch:
+        why = "does not perturb (one pass)"
+    elif method.memory:
+        why = f"keeps one {method.memory} between steps for the whole batch"
+    if why:
+        raise ValueError(
+            f"sub_batch_size forms one ε per sub-batch, but "
+            f"method={method.name!r} {why}; use sub_batch_size=None.")
+    if perturbation == "global":
+        raise ValueError(
+            "sub_batch_size forms one ε per sub-batch, which contradicts "
+            "perturbation='global' (one ε for the global batch); use "
+            "perturbation='replica' or sub_batch_size=None.")
+
+
+def labels(model, name, labels):
+    """Sparse labels given as an array must index the network's outputs
+    (`RTSModel.fit`)."""
+    loss = getattr(model, "loss", None)
+    sparse = (isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+              or loss in ("sparse_categorical_crossentropy",
+                          keras.losses.sparse_categorical_crossentropy))
+    if not sparse or labels is None or isinstance(labels, (dict, str)):
+        return
+    try:
+        classes = model.model.output_shape[-1]
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return  # a subclassed network: not known before it runs
+    if not isinstance(classes, int) or classes < 2:
+        return
+    labels = np.asarray(labels) if isinstance(labels, (list, tuple)) \
+        else labels
+    if not (isinstance(labels, np.ndarray)
+            and np.issubdtype(labels.dtype, np.integer)):
+        return
+    ignored = getattr(loss, "ignore_class", None)
+    values = labels if ignored is None else labels[labels != ignored]
+    bad = (values < 0) | (values >= classes)
+    if bad.any():
+        raise ValueError(
+            f"fit: the labels of {name} must lie in [0, {classes}) for the "
+            f"network's {classes} outputs and the sparse categorical "
+            f"cross-entropy; they hold {int(values[bad][0])} "
+            f"({int(bad.sum())} of {values.size} outside): check the "
+            "labels, or the network's last layer.")
