@@ -116,6 +116,7 @@ STEPS = {
     "asam": ("asam", True),
     "pugd": ("pugd", True),
     "pugd_sub_batch_32": ("pugd", True, 32),
+    "msam": ("msam", True),
 }
 """The steps timed: `(method, perturb[, sub_batch_size])`; `None` is a
 plain `keras.Model`."""
@@ -128,6 +129,8 @@ RATIOS = [
     ("ugd", "sgd", 1.0),
     ("sgd", "keras", 1.0),
     ("pugd_perturb_off", "keras", 1.0),
+    # One pass a step, at w + ε from the momentum: SGD's cost.
+    ("msam", "keras", 1.0),
     # Same passes on four sub-batches of 32: what smaller batches cost.
     ("pugd_sub_batch_32", "pugd", 1.0),
 ]
@@ -243,7 +246,8 @@ def _ratios(median, ratios):
 # --- the step on an accelerator ------------------------------------------
 
 DEVICE_STEPS = {name: STEPS[name] for name in (
-    "keras", "sgd", "pugd_perturb_off", "sam", "pugd", "pugd_sub_batch_32")}
+    "keras", "sgd", "pugd_perturb_off", "sam", "pugd", "pugd_sub_batch_32",
+    "msam")}
 """The steps `device_step_cost` times (of `STEPS`)."""
 
 DEVICE_RATIOS = [r for r in RATIOS

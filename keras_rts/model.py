@@ -54,12 +54,14 @@ class RTSModel(backend.Trainer, keras.Model):
     Args:
         model: the `keras.Model` to train.
         method: one of `"sgd"`, `"ugd"`, `"sam"`, `"asam"`, `"pugd"`,
-            `"gsam"`, `"wsam"`, `"fsam"`, `"looksam"`.
+            `"gsam"`, `"wsam"`, `"fsam"`, `"looksam"`, `"msam"`
+            (`keras_rts.METHODS`; each defined in `keras_rts.methods`).
         radius: the perturbation radius `ρ` (non-negative); `None` means
             the method's default (0.05 for `sam` and its variants, 0.5 for
-            `asam`, 1 for `pugd`; `keras_rts.METHODS`).
+            `asam`, 1 for `pugd`, 0.3 for `msam`; `keras_rts.METHODS`).
         grad_scale: the gradient scale `λ` in `d = g* + λ · g`; `None` means
-            the method's default (1 for `pugd`, 0 for `sam` and `asam`).
+            the method's default (1 for `pugd`, 0 for `sam` and `asam`;
+            `msam` makes no pass at `w` and takes none).
         perturb: whether the method's step is on; when false each step is a
             one-pass `sgd` step.
         weight_decay: coupled L2 weight decay, `d ← d + weight_decay · w`
@@ -101,6 +103,11 @@ class RTSModel(backend.Trainer, keras.Model):
     whose ring buffer of recent gradient norms holds 1,024: 1,036 values;
     for `fsam` and `looksam` also their memory, one value per weight);
     `model.model.summary()` shows the network alone.
+
+    `msam` (Momentum-SAM) makes one pass a step, at `w − ρ·v/(‖v‖ + δ)`
+    with `v` the optimizer's momentum (Keras' `SGD(momentum=μ)`, `Adam`
+    or `AdamW`; others are refused at `compile`); the variables always
+    hold `w`. docs/method.md, "Momentum-SAM".
 
     The SAM variants (`gsam`, `wsam`, `fsam`, `looksam`) are described in
     docs/method.md, "The SAM family"; what `fsam` and `looksam` keep
@@ -429,7 +436,7 @@ class RTSModel(backend.Trainer, keras.Model):
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             optimizer = optimizer.inner_optimizer
         if (getattr(optimizer, "gradient_accumulation_steps", None)
-                and self.method != "sgd"):
+                and not self._method.plain):
             raise ValueError(
                 "gradient_accumulation_steps="
                 f"{optimizer.gradient_accumulation_steps} is not supported "
@@ -441,7 +448,7 @@ class RTSModel(backend.Trainer, keras.Model):
                 "accepts it."
             )
         if self._method.momentum:  # refused unless it keeps a momentum
-            step_lib.momentum_variables(optimizer)
+            step_lib.momentum_variables(optimizer, self.method)
 
     def _build_before_step(self, batch):
         """Every variable exists before the step reads them all (a

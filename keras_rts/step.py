@@ -393,7 +393,7 @@ def logs(model, metrics, step, perturbing, state):
     return logs
 
 
-def momentum_variables(optimizer):
+def momentum_variables(optimizer, method="msam"):
     """The optimizer's first moment, one variable per trainable variable,
     and the sign that turns it into the gradient's direction `v`: Keras'
     `SGD(momentum=μ)` keeps `m ← μ·m − lr·g` (so `v = −m/lr`), `Adam` and
@@ -408,7 +408,7 @@ def momentum_variables(optimizer):
     if isinstance(inner, keras.optimizers.Adam):  # AdamW too
         return getattr(inner, "_momentums", None), 1.0
     raise ValueError(
-        "method='msam' perturbs along the optimizer's momentum, which "
+        f"method={method!r} perturbs along the optimizer's momentum, which "
         f"{type(inner).__name__}"
         f"{'(momentum=0)' if isinstance(inner, keras.optimizers.SGD) else ''}"
         " does not keep: use keras.optimizers.SGD(momentum=0.9), Adam or "
@@ -419,7 +419,7 @@ def momentum_values(optimizer, optimizer_values=None):
     """The optimizer's first moment as `v`, in the gradient's direction
     (`momentum_variables`), read from `optimizer_values` (the values of
     `optimizer.variables`) when given, else from the variables."""
-    variables, sign = momentum_variables(optimizer)
+    variables, sign = momentum_variables(optimizer)  # (checked at compile)
     if optimizer_values is None:
         values = [v.value for v in variables]
     else:

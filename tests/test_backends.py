@@ -85,7 +85,8 @@ DATA_PARALLEL = '''
     keras.utils.set_random_seed(1)
     net = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8),
                             keras.layers.ReLU(), keras.layers.Dense(3)])
-    model = keras_rts.RTSModel(net, method="pugd", radius=0.5,
+    model = keras_rts.RTSModel(net, method=config.get("method", "pugd"),
+                               radius=0.5,
                                sub_batch_size=config.get("sub_batch_size"))
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(True))
@@ -113,11 +114,13 @@ def _close(got, want):
                                    atol=1e-5)
 
 
-def test_jax_data_parallel_equals_one_device():
-    one, two = _data_parallel(devices=1), _data_parallel(devices=2)
+@pytest.mark.parametrize("method, passes", [("pugd", 2), ("msam", 1)])
+def test_jax_data_parallel_equals_one_device(method, passes):
+    one = _data_parallel(devices=1, method=method)
+    two = _data_parallel(devices=2, method=method)
     _close(two["weights"], one["weights"])
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
-    assert two["grad_evals"] == one["grad_evals"] == [8]
+    assert two["grad_evals"] == one["grad_evals"] == [4 * passes]
 
 
 def test_jax_per_device_epsilon_is_a_sub_batch_per_device():

@@ -108,7 +108,7 @@ def test_the_device_check_runs_without_tensorflow(tmp_path):
         {"policy": "float32", "model": "small_resnet", "batch_size": 4}]
     median = point["median_step_seconds"]
     assert set(median) == {"keras", "sgd", "pugd_perturb_off", "sam",
-                           "pugd", "pugd_sub_batch_32"}
+                           "pugd", "pugd_sub_batch_32", "msam"}
     for ratio in point["ratios"]:
         assert ratio["ratio"] == pytest.approx(
             median[ratio["step"]] / median[ratio["relative_to"]])

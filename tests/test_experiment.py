@@ -606,3 +606,17 @@ def test_the_adamw_recipe_decays_decoupled_and_warms_up(tfds_dir, tmp_path):
                              verbose=0)
     assert summary["settings"]["optimizer"] == "adamw"
     assert summary["grad_evals"] == 2 * 2 * 2
+
+
+def test_an_msam_run_recomputes_batchnorm_at_w_and_keeps_both_scores(
+        tfds_dir, tmp_path):
+    """msam's one pass gathers BatchNormalization's statistics at
+    `w + ε`: the recipe recomputes them at `w` after training and reports
+    the score before too; one pass a step."""
+    settings = _settings(tfds_dir, method="msam", start_epoch=None,
+                         epochs=2)
+    summary = experiment.run(settings, output_dir=str(tmp_path / "run"),
+                             verbose=0)
+    assert summary["grad_evals"] == 2 * 4
+    assert 0 <= summary["final_test_top1_batchnorm_as_trained"] <= 1
+    assert summary["settings"]["radius"] == pytest.approx([0.3])

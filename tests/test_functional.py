@@ -25,7 +25,8 @@ def _values(variables):
 def test_a_loop_of_ones_own_matches_the_numpy_reference(method):
     """Six steps of SGD with momentum on the method's direction, the
     method's memory carried from call to call, LookSAM's cycle taken by
-    the loop; moving statistics from the first pass only."""
+    the loop, Momentum-SAM fed the optimizer's momentum; moving statistics
+    from the first pass only."""
     options = OWN.get(method, {})
     radius = None if method in ("sgd", "ugd") else 0.1
     net = _net()
@@ -47,10 +48,13 @@ def test_a_loop_of_ones_own_matches_the_numpy_reference(method):
         perturb = True
         if method == "looksam" and step % options["every"]:
             perturb = "reuse"
+        # Momentum-SAM's v: Keras' SGD keeps −lr·v.
+        momentum = ([-m.value for m in optimizer.momentums]
+                    if method == "msam" else None)
         d = keras_rts.functional.direction(
             loss_fn, net.trainable_variables,
             _values(net.non_trainable_variables), method=method,
-            radius=radius, perturb=perturb, memory=memory,
+            radius=radius, perturb=perturb, memory=memory, momentum=momentum,
             weight_decay=1e-3, **options)
         assert bool(keras.ops.convert_to_numpy(d.finite))
         memory = d.memory

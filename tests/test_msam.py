@@ -9,8 +9,9 @@ import pytest
 
 import keras_rts
 from tests import reference
-from tests.test_model import (BATCH, _data, _fit, _moving, _net, _rts,
-                              _trainable, fit_both)
+from tests.test_model import (BATCH, _compile, _conv_net, _data, _fit,
+                              _images, _moving, _net, _rts, _trainable,
+                              fit_both)
 
 CROSS_ENTROPY = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -192,3 +193,49 @@ def test_the_functional_direction_matches_the_model():
             variable.assign(value)
     for a, b in zip(_trainable(net), _trainable(model)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy, tolerance", [
+    ("mixed_float16", 2e-2), ("mixed_bfloat16", 5e-2)])
+def test_mixed_precision_takes_the_float32_steps(policy, tolerance):
+    """Under a loss scale too: ε from the momentum (in true units), the
+    one pass's scaled gradient unscaled once."""
+    x, y = _images()
+
+    def trained(policy):
+        keras.config.set_dtype_policy(policy)
+        model = _compile(keras_rts.RTSModel(_conv_net(), method="msam",
+                                            radius=1.0))
+        w0 = _trainable(model)
+        history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False,
+                            verbose=0)
+        return [a - b for a, b in zip(_trainable(model), w0)], history
+
+    delta16, history16 = trained(policy)
+    delta32, _ = trained("float32")
+    error = reference.norm([a - b for a, b in zip(delta16, delta32)])
+    assert error < tolerance * reference.norm(delta32)
+    assert history16.history["skipped_steps"][-1] == 0
+    assert history16.history["grad_evals"] == [4]
+
+
+def test_recomputed_batchnorm_statistics_are_the_mean_over_batches():
+    """`recompute_batchnorm`: the moving mean and variance become the plain
+    average of the batches' (biased) means and variances of the layer's
+    input, at the current weights, whatever they were before."""
+    model = _rts("msam", radius=1.0)
+    x, y = _data()
+    _fit(model, x, y)
+    kernel, bias = (v.numpy() for v in model.model.layers[0].weights)
+    used = keras_rts.callbacks.recompute_batchnorm(model, x, batch_size=20)
+    assert used == 3  # 20, 20 and 8 examples
+    z = [np.asarray(x[i:i + 20], np.float64) @ kernel + bias
+         for i in range(0, len(x), 20)]
+    mean, var = _moving(model.model)
+    np.testing.assert_allclose(mean, np.mean([b.mean(0) for b in z], 0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, np.mean([b.var(0) for b in z], 0),
+                               rtol=1e-5, atol=1e-6)
+    assert model.model.layers[1].momentum == 0.99  # restored
+    with pytest.raises(ValueError, match="steps must be a positive"):
+        keras_rts.callbacks.RecomputeBatchNorm(x, steps=0)

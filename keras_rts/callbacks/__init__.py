@@ -7,6 +7,9 @@
   `GeneralizationGapTrigger` switch `RTSModel.perturb` on: plain one-pass
   `sgd` steps before, the method's step after (T).
 - `rts(...)` returns the list for the combined method.
+- `RecomputeBatchNorm` re-estimates BatchNormalization's statistics at the
+  trained weights when `fit` ends (for `msam`, whose one pass gathers them
+  at perturbed weights).
 - `ProgbarLogger` is Keras' progress bar with the counters (`grad_evals`,
   `perturb`, …) shown once per epoch; `RTSModel.fit` uses it.
 
@@ -20,6 +23,8 @@ Each concern has its module: `keras_rts.callbacks.schedulers` (R and S),
 name is importable from `keras_rts.callbacks` itself.
 """
 
+from keras_rts.callbacks.batchnorm import (RecomputeBatchNorm,
+                                           recompute_batchnorm)
 from keras_rts.callbacks.rts import rts
 from keras_rts.callbacks.schedulers import GradScaleScheduler, RadiusScheduler
 from keras_rts.callbacks.timing import (GeneralizationGapTrigger,
@@ -32,4 +37,5 @@ from keras_rts.progbar import ProgbarLogger
 
 __all__ = ["GeneralizationGapTrigger", "GradNormVarianceTrigger",
            "GradScaleScheduler", "LearningRateTrigger", "PerturbationWindow",
-           "ProgbarLogger", "RadiusScheduler", "lr_start_epoch", "rts"]
+           "ProgbarLogger", "RadiusScheduler", "RecomputeBatchNorm",
+           "lr_start_epoch", "recompute_batchnorm", "rts"]

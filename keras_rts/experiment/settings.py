@@ -68,6 +68,7 @@ METHODS = {m.name: m for m in (
     RecipeMethod("wsam", "wsam", ""),
     RecipeMethod("fsam", "fsam", ""),
     RecipeMethod("looksam", "looksam", ""),
+    RecipeMethod("msam", "msam", ""),
     RecipeMethod("sam_interval", "sam", "", perturb_every=5),
     RecipeMethod("sam_random", "sam", "", perturb_probability=0.2),
     RecipeMethod("sam_vit", "sam", "", radius=(4.0,)),
@@ -108,7 +109,8 @@ committed run's settings.json spells out the values it ran with, so a
 later change of these defaults leaves documented runs as they were."""
 
 
-BASE_METHODS = ("pugd", "sam", "asam", "gsam", "wsam", "fsam", "looksam")
+BASE_METHODS = ("pugd", "sam", "asam", "gsam", "wsam", "fsam", "looksam",
+                "msam")
 """The steps the controls can drive (`--base-method`)."""
 
 
