@@ -48,10 +48,12 @@ def model_arguments(model, method, radius, grad_scale, perturb, weight_decay,
         finite_number("|grad_scale|", abs(grad_scale))
     else:
         finite_number("grad_scale", grad_scale, allow_none=True)
-    if spec.momentum and grad_scale:
+    if not spec.takes_grad_scale and grad_scale:
+        why = ("makes no pass at w" if spec.momentum
+               else "applies g, and its sharpness term apart (decouple=True)")
         raise ValueError(
-            f"method={method!r} makes no pass at w, so it has no λ to "
-            f"weigh g with: leave grad_scale=None, got {grad_scale!r}.")
+            f"method={method!r} {why}, so it has no λ to weigh g with: "
+            f"leave grad_scale=None, got {grad_scale!r}.")
     grad_scale = spec.default_grad_scale if grad_scale is None else grad_scale
     finite_number("weight_decay", weight_decay)
     if exclude_from_perturbation is not None and (
@@ -89,6 +91,9 @@ def _sub_batches(method, size, perturbation):
         why = "does not perturb (one pass)"
     elif method.memory:
         why = f"keeps one {method.memory} between steps for the whole batch"
+    elif method.apart:
+        why = ("applies its sharpness term apart from the optimizer for the "
+               "whole batch (decouple=False takes sub-batches)")
     if why:
         raise ValueError(
             f"sub_batch_size forms one ε per sub-batch, but "

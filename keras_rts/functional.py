@@ -5,7 +5,7 @@ direction of any method of docs/method.md from a stateless loss function
 of the weights: the first pass `g`, the perturbation, the second pass `g*`
 and the combination, normalised where the method normalises, with the
 same code `RTSModel`'s step runs (`keras_rts.step.method_passes` and
-`finished_direction`). Give the direction to your optimizer as you would
+`global_direction`). Give the direction to your optimizer as you would
 a gradient. For GANs, models that already override `train_step`, or loops
 of your own — where a wrapper model does not fit. docs/functional.md has
 examples on each backend.
@@ -17,10 +17,10 @@ import keras
 from keras import ops
 
 from keras_rts import backend, methods
-from keras_rts.step import REUSE, finished_direction, method_passes
+from keras_rts.step import REUSE, global_direction, method_passes
 
 Direction = collections.namedtuple(
-    "Direction", "direction loss aux state memory grad_norm finite")
+    "Direction", "direction loss aux state memory grad_norm finite apart")
 Direction.__doc__ = """One batch's direction, and what its first pass gave.
 
 Attributes:
@@ -38,6 +38,8 @@ Attributes:
     grad_norm: `‖g‖`, global over the weights.
     finite: whether the loss and the direction are finite: apply the
         direction only if so (`RTSModel` skips such a step).
+    apart: for decoupled WSAM, the sharpness term to apply apart from the
+        optimizer, after it: `w ← w − lr·apart`; `None` for the others.
 """
 
 
@@ -130,10 +132,7 @@ def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
         spec, pass_fn, None, weights, state, radius, grad_scale,
         phase=perturb, memory=memory, momentum=momentum, perturbed=perturbed)
     method_on = bool(perturb) and not spec.plain
-    failed = ops.cast(ops.logical_not(ops.all(ops.isfinite(passes.loss))),
-                      "float32")
-    d, grad_norm, finite = finished_direction(
-        spec, method_on, passes.direction is passes.grads, failed,
-        passes.grads, passes.direction, weights, weight_decay)
+    d, grad_norm, finite, apart = global_direction(
+        spec, method_on, passes, weights, weight_decay)
     return Direction(d, passes.loss, passes.y_pred, passes.state, memory,
-                     grad_norm, finite)
+                     grad_norm, finite, apart)

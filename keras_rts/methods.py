@@ -18,6 +18,8 @@ import math
 import numbers
 from typing import Callable, Mapping, Optional
 
+import numpy as np
+
 from keras_rts import directions as d
 
 
@@ -56,8 +58,16 @@ class Method:
             phase and `"reuse"` on the others (LookSAM), or `None`.
         epsilon: `f(grads, weights, radius) -> ε`, the perturbation formed
             from this batch's gradient, where the method has one.
+        takes_grad_scale: whether the direction has a `λ·g` to weigh (not
+            for `msam`, which makes no pass at `w`, nor decoupled WSAM).
+        apart: whether the rule returns a part applied apart from the
+            optimizer (decoupled WSAM).
         options: the method's own settings as bound, `(name, value)` pairs.
         summary: one line for tables (README, docs/method.md).
+
+    A rule returns `(direction, memory)`, or `(direction, memory, apart)`
+    for a method with a part applied apart from the optimizer (decoupled
+    WSAM): after the optimizer's update, `w ← w − lr·apart`.
     """
 
     name: str
@@ -70,6 +80,8 @@ class Method:
     from_batch: bool = False
     cycle: Optional[int] = None
     epsilon: Optional[Callable] = None
+    takes_grad_scale: bool = True
+    apart: bool = False
     options: tuple = ()
     summary: str = ""
 
@@ -130,6 +142,12 @@ def _open_unit(value):
 def _decay(value):
     return _number(value) or (
         "must be in [0, 1)" if not 0 <= value < 1 else None)
+
+
+def _boolean(value):
+    if not isinstance(value, (bool, np.bool_)):
+        return "must be True or False"
+    return None
 
 
 def _positive_integer(value):
@@ -234,16 +252,35 @@ def _gsam(alpha):
                   summary="SAM's ε, d = g* − α·g⊥")
 
 
-@_defines("wsam", Option("gamma", 0.9, "Yue et al. 2023; "
-                         "pytorch_optimizer's WSAM default", _open_unit))
-def _wsam(gamma):
-    """Yue et al., KDD 2023, coupled: the gradient of
-    `f(w) + γ/(1−γ)·(f(w + ε) − f(w))`."""
-    def rule(p):
+@_defines("wsam", Option("gamma", 0.9, "pytorch_optimizer's WSAM default "
+                         "(the authors' code: 0.88)", _open_unit),
+          Option("decouple", True, "Yue et al. 2023; the authors' code "
+                 "(atorch's WeightedSAM) and pytorch_optimizer",
+                 _boolean))
+def _wsam(gamma, decouple):
+    """Yue et al., KDD 2023: `f(w) + γ/(1−γ)·(f(w + ε) − f(w))`, its
+    sharpness term weighted by `α = γ/(1−γ)`. Decoupled (the paper's
+    default): the optimizer applies `g`, and `w ← w − lr·α·(g* − g)` after
+    it, apart from its momentum. Coupled: the optimizer applies the whole
+    gradient, `α·(g* + λ·g)` with `λ = (1−2γ)/γ`."""
+    weight = d.wsam_scale(gamma)
+
+    def coupled(p):
         g, g_star = _two_passes(p, d.sam_perturbation)
-        return d.scaled(d.combine(g_star, g, p.grad_scale),
-                        d.wsam_scale(gamma)), p.memory
-    return Method("wsam", {"step": rule}, 0.05, d.wsam_grad_scale(gamma),
+        return d.scaled(d.combine(g_star, g, p.grad_scale), weight), p.memory
+
+    def decoupled(p):
+        g, g_star = _two_passes(p, d.sam_perturbation)
+        sharpness = [a - b for a, b in zip(g_star, g)]
+        return g, p.memory, d.scaled(sharpness, weight)
+
+    if decouple:
+        return Method("wsam", {"step": decoupled}, 0.05, 0.0,
+                      from_batch=True, epsilon=d.sam_perturbation,
+                      takes_grad_scale=False, apart=True,
+                      summary="SAM's ε; d = g, then w ← w − lr·γ/(1−γ)·"
+                              "(g* − g) apart from the optimizer")
+    return Method("wsam", {"step": coupled}, 0.05, d.wsam_grad_scale(gamma),
                   from_batch=True, epsilon=d.sam_perturbation,
                   summary="SAM's ε, d = γ/(1−γ)·(g* + (1−2γ)/γ·g)")
 
@@ -298,7 +335,7 @@ def _msam():
         ahead = d.scaled_to_radius(p.to_perturb(p.momentum), -p.radius)
         return p.grad_at(p.shifted(ahead)), p.memory
     return Method("msam", {"step": rule}, 0.3, 0.0, momentum=True,
-                  summary="one pass at w − ρ·v/‖v‖, v the momentum")
+                  takes_grad_scale=False, summary="one pass at w − ρ·v/‖v‖, v the momentum")
 
 
 _MEANING = {
@@ -308,6 +345,8 @@ _MEANING = {
     "sigma": "Friendly-SAM's σ in u = g − σ·m",
     "decay": "the decay of Friendly-SAM's gradient average",
     "every": "LookSAM's k: the two-pass step on every k-th step",
+    "decouple": "whether WSAM applies its sharpness term apart from the "
+                "optimizer",
 }
 
 
@@ -365,5 +404,11 @@ def get_method(name, **options):
         message = option_error(name, option, value)
         if message:
             raise ValueError(message)
-    return _bound(name, {k: (int(v) if isinstance(v, numbers.Integral)
-                             else float(v)) for k, v in given.items()})
+    return _bound(name, {k: _plain(v) for k, v in given.items()})
+
+
+def _plain(value):
+    """A Python bool, int or float for a NumPy scalar too."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return int(value) if isinstance(value, numbers.Integral) else float(value)

@@ -87,8 +87,12 @@ class RTSModel(backend.Trainer, keras.Model):
             ordinary full-batch steps. Not with `perturbation="global"`.
         alpha: GSAM's weight of `g⊥` (0.4) or LookSAM's weight of the
             stored `g_v` (0.7); `None` for the method's default.
-        gamma: WSAM's `γ` in (0, 1) (0.9): its λ becomes `(1−2γ)/γ` and
-            its direction is scaled by `γ/(1−γ)`.
+        gamma: WSAM's `γ` in (0, 1) (0.9): its sharpness term is weighted
+            by `γ/(1−γ)`.
+        decouple: WSAM's form: `True` (the default, the authors'): the
+            optimizer applies `g` and, after it, `w ← w − lr·γ/(1−γ)·(g* −
+            g)` apart from its momentum; `False`: the optimizer applies
+            `γ/(1−γ)·(g* + λ·g)` with `λ = (1−2γ)/γ`.
         sigma: Friendly-SAM's `σ` (1): ε is formed from `g − σ·m`.
         decay: the decay of Friendly-SAM's gradient average `m` (0.9).
         every: LookSAM's `k` (5): its two-pass step on every k-th step of
@@ -146,6 +150,7 @@ class RTSModel(backend.Trainer, keras.Model):
         sigma: float | None = None,
         decay: float | None = None,
         every: int | None = None,
+        decouple: bool | None = None,
         exclude_from_perturbation: list[str] | None = None,
         **kwargs,
     ) -> None:
@@ -155,7 +160,8 @@ class RTSModel(backend.Trainer, keras.Model):
                 model, method, radius, grad_scale, perturb, weight_decay,
                 eta, perturbation, sub_batch_size,
                 dict(alpha=alpha, gamma=gamma, sigma=sigma, decay=decay,
-                     every=every), exclude_from_perturbation)
+                     every=every, decouple=decouple),
+                exclude_from_perturbation)
 
         super().__init__(**kwargs)
         self.model = model
@@ -165,7 +171,7 @@ class RTSModel(backend.Trainer, keras.Model):
         self.perturbation = perturbation
         self.sub_batch_size = sub_batch_size
         self.options = dict(alpha=alpha, gamma=gamma, sigma=sigma,
-                            decay=decay, every=every)
+                            decay=decay, every=every, decouple=decouple)
         self.exclude_from_perturbation = (
             None if exclude_from_perturbation is None
             else list(exclude_from_perturbation))

@@ -21,20 +21,24 @@ REUSE = "reuse"
 """LookSAM's one-pass phase: a rule of `keras_rts.methods.Method.rules`."""
 
 Passes = collections.namedtuple(
-    "Passes", "loss y_pred grads direction state count")
+    "Passes", "loss y_pred grads direction state count apart",
+    defaults=(None,))
 """One (sub-)batch's passes: the loss and predictions of the first pass,
 its gradients `g` (`None` for variables without one), the direction (`g`
-itself, the same list, after one pass whose gradient is the direction), the
-state (BatchNormalization statistics, seeds) after the first pass and the
-number of passes made."""
+itself, the same list, when the direction is `g`), the state
+(BatchNormalization statistics, seeds) after the first pass, the number of
+passes made, and the part applied apart from the optimizer (`None` but for
+decoupled WSAM)."""
 
 Step = collections.namedtuple(
-    "Step", "loss y_pred direction state finite grad_norm")
+    "Step", "loss y_pred direction state finite grad_norm apart",
+    defaults=(None,))
 """A whole step, before anything is committed: the direction to apply
 (`None` for variables without a gradient; under a loss scale, scaled by it
 and NaN everywhere when the step is skipped), the new values of the model's
-non-trainable variables, whether the step is applied, and `‖g‖` of the
-global batch."""
+non-trainable variables, whether the step is applied, `‖g‖` of the global
+batch, and the part applied apart from the optimizer, unscaled (`None` for
+the methods without; `apart_applied`)."""
 
 
 class Context:
@@ -144,14 +148,17 @@ def method_passes(method, pass_fn, batch, weights, state, radius, grad_scale,
     rule = method.rule(phase) if phase else methods.plain
     p = Context(pass_fn, batch, weights, state, radius, grad_scale,
                 memory, momentum, perturbed, sources, loss_scale)
-    direction, memory = rule(p)
+    direction, memory, *apart = rule(p)
     loss, y_pred, grads, filled, new_state = p.first
-    if direction is filled:  # the one pass's gradient is the direction
+    if direction is filled:  # the first pass's gradient is the direction
         direction = grads
     else:
         direction = [None if g is None else t
                      for t, g in zip(direction, grads)]
-    return Passes(loss, y_pred, grads, direction, new_state, p.count), memory
+    apart = ([None if g is None else t for t, g in zip(apart[0], grads)]
+             if apart else None)
+    return (Passes(loss, y_pred, grads, direction, new_state, p.count, apart),
+            memory)
 
 
 def sub_batch_passes(passes_fn, sub_batch_loop, size, batch, weights, state):
@@ -246,9 +253,10 @@ def global_direction(method, method_on, passes, weights, weight_decay,
     skips it and lowers its scale, as in Keras).
 
     Returns:
-        `(direction, grad_norm, finite)`.
+        `(direction, grad_norm, finite, apart)`: `apart`, the part applied
+        apart from the optimizer, unscaled (`None` for most methods).
     """
-    grads, direction = passes.grads, passes.direction
+    grads, direction, apart = passes.grads, passes.direction, passes.apart
     one_pass = direction is grads  # d = g
     failed = ops.cast(ops.logical_not(ops.all(ops.isfinite(passes.loss))),
                       "float32")
@@ -259,14 +267,28 @@ def global_direction(method, method_on, passes, weights, weight_decay,
         grads = [None if g is None else g / loss_scale for g in grads]
         direction = [None if d is None else d / loss_scale
                      for d in direction]
+        apart = apart and [None if a is None else a / loss_scale
+                           for a in apart]
     direction, grad_norm, finite = finished_direction(
         method, method_on, one_pass, failed, grads, direction, weights,
         weight_decay)
+    if apart is not None:
+        finite = ops.logical_and(
+            finite, _all_finite([a for a in apart if a is not None]))
     if loss_scale is not None:
         direction = [None if d is None else ops.where(
             finite, d * loss_scale, ops.full_like(d, float("nan")))
             for d in direction]
-    return direction, grad_norm, finite
+    return direction, grad_norm, finite, apart
+
+
+def apart_applied(weights, apart, learning_rate, finite):
+    """The weights after the part applied apart from the optimizer (after
+    its update): `w − lr·apart` where the step is finite, `w` elsewhere
+    and for variables without such a part (then `w` itself)."""
+    return [w if a is None else ops.where(
+        finite, w - ops.cast(learning_rate, w.dtype) * a, w)
+        for w, a in zip(weights, apart)]
 
 
 def train_step(model, pass_fn, batch, weights, state, phase, loss_scale=None,
@@ -320,6 +342,13 @@ def train_step(model, pass_fn, batch, weights, state, phase, loss_scale=None,
         passes = sub_batch_passes(passes_fn, model._sub_batch_loop,
                                   model.sub_batch_size, batch, weights, state)
     else:
+        if sum_over_replicas is not None and method.apart:
+            raise ValueError(
+                f"method={method.name!r} applies its sharpness term apart "
+                "from the optimizer, which several replicas of a "
+                "tf.distribute strategy would each apply: use "
+                "decouple=False, one device, or keras.distribution under "
+                "JAX.")
         if method.memory and sum_over_replicas is not None:
             raise ValueError(
                 f"method={method.name!r} keeps one {method.memory} between "
@@ -329,13 +358,13 @@ def train_step(model, pass_fn, batch, weights, state, phase, loss_scale=None,
         global_source = model.perturbation == "global" and sum_over_replicas
         passes = passes_fn(batch, state,
                            sum_over_replicas if global_source else None)
-    direction, grad_norm, finite = global_direction(
+    direction, grad_norm, finite, apart = global_direction(
         method, method_on, passes, weights, model.weight_decay, loss_scale,
         sum_over_replicas)
     new_state = committed_state(model, state, passes.state, passes.count,
                                 grad_norm, finite)
     return Step(passes.loss, passes.y_pred, direction, new_state, finite,
-                grad_norm)
+                grad_norm, apart)
 
 
 def committed_state(model, state, new_state, passes_made, grad_norm, finite):

@@ -82,7 +82,8 @@ for _name in SAM_FAMILY:
     DEFAULT_GRAD_SCALE[_name] = 0.0
 # The SAM variants' own settings as published (GSAM α, WSAM γ, Friendly-SAM
 # σ and decay, LookSAM α and k).
-DEFAULT_OPTIONS = {"gsam": dict(alpha=0.4), "wsam": dict(gamma=0.9),
+DEFAULT_OPTIONS = {"gsam": dict(alpha=0.4),
+                   "wsam": dict(gamma=0.9, decouple=True),
                    "fsam": dict(sigma=1.0, decay=0.9),
                    "looksam": dict(alpha=0.7, every=5)}
 
@@ -234,6 +235,10 @@ class ReferenceTrainer:
         if self.method == "gsam":
             g_perp = gv - (gv @ s) / (s @ s + DELTA) * s
             d = s + lam * gv - o["alpha"] * g_perp
+        elif self.method == "wsam" and o["decouple"]:
+            # The optimizer steps on g; then w ← w − lr·γ/(1−γ)·(g* − g).
+            self.apart = unflat(o["gamma"] / (1 - o["gamma"]) * (s - gv), g)
+            d = gv
         elif self.method == "wsam":
             gamma = o["gamma"]
             # ∇[f(w) + γ/(1−γ)·(f(w+ε) − f(w))]
@@ -245,12 +250,15 @@ class ReferenceTrainer:
         return unflat(d, g)
 
     def step(self, x, y):
+        self.apart = None
         d = self.direction(np.asarray(x, np.float64), np.asarray(y))
         d = [t + self.coupled_weight_decay * w for t, w in zip(d, self.params)]
         for i, (w, t) in enumerate(zip(self.params, d)):
             w = w - w * self.weight_decay * self.lr  # Keras: decoupled.
             self.velocity[i] = self.momentum * self.velocity[i] - self.lr * t
             self.params[i] = w + self.velocity[i]
+            if self.apart is not None:  # after the optimizer's update
+                self.params[i] = self.params[i] - self.lr * self.apart[i]
 
 
 def mlp_forward_backward(params, x, y):

@@ -59,6 +59,9 @@ def test_a_loop_of_ones_own_matches_the_numpy_reference(method):
         assert bool(keras.ops.convert_to_numpy(d.finite))
         memory = d.memory
         optimizer.apply(d.direction, net.trainable_variables)
+        if d.apart is not None:  # decoupled WSAM: after the optimizer
+            for variable, apart in zip(net.trainable_variables, d.apart):
+                variable.assign(variable - 0.1 * apart)
         for variable, value in zip(net.non_trainable_variables, d.state):
             variable.assign(value)
         ref.step(xb, yb)

@@ -51,12 +51,12 @@ def test_looksam_cycle_counts_the_steps_of_its_phase_only():
     assert history.history["perturb"] == [0, 1]
 
 
-def test_wsam_is_sam_with_its_grad_scale_and_a_scaled_direction():
-    """WSAM with γ is SAM with λ = (1−2γ)/γ and the direction scaled by
+def test_coupled_wsam_is_sam_with_its_grad_scale_and_a_scaled_direction():
+    """Coupled WSAM with γ is SAM with λ = (1−2γ)/γ and the direction scaled by
     γ/(1−γ): with SGD, SAM at the learning rate times γ/(1−γ)."""
     gamma, lr = 0.8, 0.05
     x, y = _data()
-    wsam = _rts("wsam", gamma=gamma, lr=lr)
+    wsam = _rts("wsam", gamma=gamma, lr=lr, decouple=False)
     sam = _rts("sam", lr=lr * gamma / (1 - gamma))
     sam.grad_scale.assign((1 - 2 * gamma) / gamma)  # negative: not a λ
     # `RTSModel(method="sam")` accepts
@@ -65,6 +65,32 @@ def test_wsam_is_sam_with_its_grad_scale_and_a_scaled_direction():
     _fit(sam, x, y, epochs=2)
     for a, b in zip(_trainable(wsam), _trainable(sam)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_both_forms_of_wsam_match_the_reference(decouple):
+    """Decoupled (the optimizer steps on `g`, then `w ← w − lr·γ/(1−γ)·
+    (g* − g)`), and coupled."""
+    check_against_reference("wsam", 5e-4, None, radius=0.2, gamma=0.7,
+                            decouple=decouple)
+
+
+def test_decoupled_wsam_takes_the_optimizers_current_rate():
+    """The part applied apart from the optimizer is scaled by the rate the
+    optimizer used for the step, under a schedule too."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+    x, y = _data()
+    model = keras_rts.RTSModel(_net(), method="wsam", radius=0.2)
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(True))
+    ref = reference.ReferenceTrainer(_trainable(model), _moving(model.model),
+                                     "wsam", radius=0.2)
+    _fit(model, x, y)
+    for step, i in enumerate(range(0, len(x), BATCH)):
+        ref.lr = 0.1 * 0.5 ** step
+        ref.step(x[i:i + BATCH], y[i:i + BATCH])
+    for got, want in zip(_trainable(model), ref.params):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("method", ["sam", "fsam"])
@@ -140,6 +166,11 @@ def test_a_skipped_step_leaves_the_memory_as_it_was(method):
     (dict(method="fsam", decay=1.0), r"decay must be in \[0, 1\)"),
     (dict(method="gsam", alpha=-1), "alpha must be non-negative"),
     (dict(method="fsam", sub_batch_size=4), "keeps one average"),
+    (dict(method="wsam", sub_batch_size=4), "apart from the optimizer"),
+    (dict(method="wsam", grad_scale=0.5), "no λ to weigh g with"),
+    (dict(method="wsam", decouple=1), "decouple must be True or False"),
+    (dict(method="sam", decouple=False), "decouple=False is a setting of "
+                                         "wsam"),
     (dict(method="sam", exclude_from_perturbation="bias"),
      "exclude_from_perturbation must be a list"),
 ])

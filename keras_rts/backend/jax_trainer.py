@@ -13,6 +13,8 @@ import jax
 import keras
 from keras import ops
 
+from keras_rts import step as step_lib
+
 
 class Trainer:
     """The JAX half of `RTSModel` (see `keras_rts.model`)."""
@@ -40,6 +42,13 @@ class Trainer:
                           optimizer_values=optimizer_values)
         new_trainable, new_optimizer = optimizer.stateless_apply(
             optimizer_values, step.direction, trainable)
+        if step.apart is not None:  # after the optimizer, at its rate
+            mapping = list(zip(optimizer.variables, optimizer_values))
+            with keras.StatelessScope(state_mapping=mapping):
+                learning_rate = ops.convert_to_tensor(
+                    optimizer.learning_rate)
+            new_trainable = step_lib.apart_applied(
+                new_trainable, step.apart, learning_rate, step.finite)
         if not scaled:  # a LossScaleOptimizer skips non-finite steps itself
             new_trainable = _where(step.finite, new_trainable, trainable)
             new_optimizer = _where(step.finite, new_optimizer,

@@ -5,6 +5,7 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
 
+from keras_rts import step as step_lib
 from keras_rts.backend import tf_distribute
 
 
@@ -25,9 +26,16 @@ class Trainer:
             sum_over_replicas=tf_distribute.sum_over_replicas())
         applied = [(d, v) for d, v in zip(step.direction, trainable)
                    if d is not None]
+        learning_rate = tf.identity(self.optimizer.learning_rate)
         tf_distribute.apply_if_finite(
             self.optimizer, [d for d, _ in applied], [v for _, v in applied],
             step.finite)
+        if step.apart is not None:  # after the optimizer, at its rate
+            for variable, new in zip(trainable, step_lib.apart_applied(
+                    [v.value for v in trainable], step.apart, learning_rate,
+                    step.finite)):
+                if new is not variable.value:
+                    variable.assign(new)
         for variable, old, new in zip(state, state_values, step.state):
             if new is not old:
                 variable.assign(new)

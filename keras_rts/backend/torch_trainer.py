@@ -11,6 +11,8 @@ import keras
 import torch
 from keras import ops
 
+from keras_rts import step as step_lib
+
 
 class Trainer:
     """The PyTorch half of `RTSModel` (see `keras_rts.model`)."""
@@ -46,7 +48,14 @@ class Trainer:
             # read). A LossScaleOptimizer skips such steps itself.
             kept = [] if scaled else [*trainable, *optimizer.variables]
             before = [v.value.clone() for v in kept]
+            learning_rate = optimizer.learning_rate
             optimizer.apply(step.direction, trainable)
+            if step.apart is not None:  # after the optimizer, at its rate
+                for variable, new in zip(trainable, step_lib.apart_applied(
+                        [v.value for v in trainable], step.apart,
+                        learning_rate, step.finite)):
+                    if new is not variable.value:
+                        variable.value.copy_(new)
             for variable, value in zip(kept, before):
                 torch.where(step.finite, variable.value, value,
                             out=variable.value)
