@@ -15,8 +15,8 @@ from keras_rts.experiment.flags import flag_error
 tf = _extras.require("tensorflow", "keras_rts.experiment")
 
 
-METHOD_OPTIONS = ("alpha", "gamma", "sigma", "decay", "every")
-"""The SAM variants' own settings (`keras_rts.directions.OPTIONS`), each a
+METHOD_OPTIONS = ("alpha", "gamma", "sigma", "decay", "every", "decouple")
+"""The SAM variants' own settings (`keras_rts.methods.OPTIONS`), each a
 flag and an `RTSModel` argument of the same name."""
 
 

@@ -42,6 +42,14 @@ def flag_errors(parser):
         parser.error(str(e))
 
 
+def true_or_false(text):
+    """`true` or `false` (a setting whose default depends on the method)."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got "
+                                         f"{text!r}")
+    return text == "true"
+
+
 def _number(kind, minimum=None, maximum=None, low_open=False,
             high_open=False):
     def parse(text):
@@ -115,7 +123,7 @@ FLAG_TYPES = {
                      high_open=True),
     "sigma": non_negative_float,
     "decay": _number(float, minimum=0, maximum=1, high_open=True),
-    "every": positive_int,
+    "every": positive_int, "decouple": true_or_false,
     "perturb_probability": _number(float, minimum=0, maximum=1,
                                    low_open=True),
 }

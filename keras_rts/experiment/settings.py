@@ -254,6 +254,9 @@ class Settings:
         None, "fsam: decay of the gradient average, in [0, 1) (default 0.9)")
     every: Optional[int] = _field(
         None, "looksam: k, the two-pass step on every k-th step (default 5)")
+    decouple: Optional[bool] = _field(
+        None, "wsam: true applies the sharpness term apart from the "
+        "optimizer, false through it (default true)")
     perturb_probability: Optional[float] = _field(
         None, "random switching: the method's step on each step of the "
         "perturbing phase with this probability, drawn from --seed "
