@@ -135,3 +135,26 @@ def labels(model, name, labels):
             f"cross-entropy; they hold {int(values[bad][0])} "
             f"({int(bad.sum())} of {values.size} outside): check the "
             "labels, or the network's last layer.")
+
+
+def perturbed_mask(variables, names):
+    """Which of the trainable `variables` ε perturbs: all but those whose
+    path contains one of `names` (`exclude_from_perturbation`).
+
+    Raises:
+        ValueError: a name matches no variable (named, with an example of
+            the paths), or every variable is excluded.
+    """
+    names = list(names or ())
+    unmatched = [n for n in names if not any(n in v.path for v in variables)]
+    if unmatched and variables:
+        raise ValueError(
+            f"exclude_from_perturbation: {unmatched} match no trainable "
+            f"variable's path (the paths look like {variables[0].path!r}, "
+            f"{variables[-1].path!r}): check the names.")
+    mask = [not any(n in v.path for n in names) for v in variables]
+    if names and not any(mask):
+        raise ValueError(
+            f"exclude_from_perturbation={names} leaves no trainable "
+            "variable to perturb.")
+    return mask

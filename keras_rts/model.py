@@ -231,6 +231,8 @@ class RTSModel(backend.Trainer, keras.Model):
         """The method's memory (`keras_rts.methods.Method.memory`): one
         non-trainable variable per trainable one, zeros at first, saved,
         restored and committed with the step like the rest of the state."""
+        if self.exclude_from_perturbation:  # names checked once built
+            self._perturbed(len(self.trainable_variables))
         if self._method.memory is None or self.memory is not None:
             return
         self.memory = MethodMemory(self.model.trainable_variables,
@@ -272,18 +274,12 @@ class RTSModel(backend.Trainer, keras.Model):
         return self._method.phase(position)
 
     def _perturbed(self, count):
-        """Which of the `count` trainable variables ε perturbs: all but
-        those whose path contains a name of `exclude_from_perturbation`
-        (found once, not at every step)."""
+        """Which of the `count` trainable variables ε perturbs
+        (`checks.perturbed_mask`; found once, not at every step)."""
         if (self._perturbed_mask is None
                 or len(self._perturbed_mask) != count):
-            names = self.exclude_from_perturbation or ()
-            self._perturbed_mask = [not any(n in v.path for n in names)
-                                    for v in self.trainable_variables]
-            if names and not any(self._perturbed_mask):
-                raise ValueError(
-                    f"exclude_from_perturbation={list(names)} leaves no "
-                    "trainable variable to perturb.")
+            self._perturbed_mask = checks.perturbed_mask(
+                self.trainable_variables, self.exclude_from_perturbation)
         return self._perturbed_mask
 
     def _step(self, pass_fn, batch, weights, state, perturbing,

@@ -179,11 +179,23 @@ def test_bad_method_settings_are_refused_naming_them(kwargs, message):
         keras_rts.RTSModel(_net(), **kwargs)
 
 
-def test_excluding_every_variable_is_refused_before_training():
-    model = _rts("sam", exclude_from_perturbation=["dense", "batch"])
-    x, y = _data()
+def test_excluding_every_variable_is_refused_at_construction():
     with pytest.raises(ValueError, match="leaves no trainable variable"):
-        _fit(model, x, y)
+        _rts("sam", exclude_from_perturbation=["dense", "batch"])
+
+
+def test_excluded_names_that_match_nothing_are_refused_naming_them():
+    with pytest.raises(ValueError, match=r"\['bais'\] match no trainable"):
+        _rts("sam", exclude_from_perturbation=["bias", "bais"])
+
+
+def test_numpy_scalars_are_accepted_as_method_settings():
+    model = _rts("looksam", alpha=np.float32(0.3), every=np.int64(3))
+    assert dict(model._method.options) == {"alpha": pytest.approx(0.3),
+                                           "every": 3}
+    assert isinstance(dict(model._method.options)["every"], int)
+    x, y = _data()
+    assert _fit(model, x, y).history["grad_evals"] == [4]  # 2 + 1 + 1
 
 
 # --- random switching -------------------------------------------------------
