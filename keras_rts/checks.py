@@ -24,6 +24,26 @@ def finite_number(name, value, allow_none=False):
             f"{name} must be finite and non-negative, got {value!r}.")
 
 
+def settings(spec, radius, grad_scale):
+    """`ρ` and `λ` for `spec` (a `keras_rts.methods.Method`), checked, the
+    method's defaults where `None`."""
+    radius = spec.default_radius if radius is None else radius
+    finite_number("radius", radius)
+    if spec.name == "wsam" and grad_scale is not None:
+        # Coupled WSAM's λ = (1−2γ)/γ is negative for γ > 1/2.
+        finite_number("|grad_scale|", abs(grad_scale))
+    else:
+        finite_number("grad_scale", grad_scale, allow_none=True)
+    if not spec.takes_grad_scale and grad_scale:
+        why = ("makes no pass at w" if spec.momentum
+               else "applies g, and its sharpness term apart (decouple=True)")
+        raise ValueError(
+            f"method={spec.name!r} {why}, so it has no λ to weigh g with: "
+            f"leave grad_scale=None, got {grad_scale!r}.")
+    grad_scale = spec.default_grad_scale if grad_scale is None else grad_scale
+    return float(radius), float(grad_scale)
+
+
 def model_arguments(model, method, radius, grad_scale, perturb, weight_decay,
                     eta, perturbation, sub_batch_size, options,
                     exclude_from_perturbation):
@@ -41,20 +61,7 @@ def model_arguments(model, method, radius, grad_scale, perturb, weight_decay,
     finite_number("eta", eta)
     spec = methods.get_method(
         method, eta=eta if method == "asam" else None, **options)
-    radius = spec.default_radius if radius is None else radius
-    finite_number("radius", radius)
-    if method == "wsam" and grad_scale is not None:
-        # WSAM's λ = (1−2γ)/γ is negative for γ > 1/2.
-        finite_number("|grad_scale|", abs(grad_scale))
-    else:
-        finite_number("grad_scale", grad_scale, allow_none=True)
-    if not spec.takes_grad_scale and grad_scale:
-        why = ("makes no pass at w" if spec.momentum
-               else "applies g, and its sharpness term apart (decouple=True)")
-        raise ValueError(
-            f"method={method!r} {why}, so it has no λ to weigh g with: "
-            f"leave grad_scale=None, got {grad_scale!r}.")
-    grad_scale = spec.default_grad_scale if grad_scale is None else grad_scale
+    radius, grad_scale = settings(spec, radius, grad_scale)
     finite_number("weight_decay", weight_decay)
     if exclude_from_perturbation is not None and (
             isinstance(exclude_from_perturbation, str)
@@ -71,7 +78,7 @@ def model_arguments(model, method, radius, grad_scale, perturb, weight_decay,
             f"perturbation must be 'replica' or 'global', got "
             f"{perturbation!r}.")
     _sub_batches(spec, sub_batch_size, perturbation)
-    return (spec, float(radius), float(grad_scale), bool(perturb),
+    return (spec, radius, grad_scale, bool(perturb),
             None if sub_batch_size is None else int(sub_batch_size))
 
 
@@ -158,3 +165,64 @@ def perturbed_mask(variables, names):
             f"exclude_from_perturbation={names} leaves no trainable "
             "variable to perturb.")
     return mask
+
+
+def direction_arguments(spec, weights, radius, grad_scale, weight_decay,
+                        perturb, memory, momentum, perturbed):
+    """`keras_rts.functional.direction`'s arguments, checked as
+    `RTSModel`'s are, with the same messages.
+
+    Returns:
+        `(radius, grad_scale)`, the method's defaults where `None`.
+    """
+    radius, grad_scale = settings(spec, radius, grad_scale)
+    finite_number("weight_decay", weight_decay)
+    others = [name for name in spec.rules if name != "step"]
+    if not (perturb is True or perturb is False or perturb in others):
+        choices = ", ".join(["True", "False"] + [repr(n) for n in others])
+        raise ValueError(f"perturb must be one of {choices} for "
+                         f"method={spec.name!r}, got {perturb!r}.")
+    if perturb in others and memory is None:
+        raise ValueError(
+            f"perturb={perturb!r} reuses what a step of method="
+            f"{spec.name!r} keeps: pass the memory of the last call "
+            "(Direction.memory), not None.")
+    for name, tensors, wanted in (("memory", memory, spec.memory),
+                                  ("momentum", momentum, spec.momentum)):
+        if tensors is None:
+            continue
+        if not wanted:
+            raise ValueError(f"method={spec.name!r} takes no {name}; pass "
+                             f"{name}=None.")
+        _like_weights(name, tensors, weights)
+    if perturbed is not None:
+        if len(perturbed) != len(weights):
+            raise ValueError(f"perturbed has {len(perturbed)} entries for "
+                             f"{len(weights)} weights.")
+        if spec.perturbs and not any(perturbed):
+            raise ValueError("perturbed leaves no weight to perturb: set at "
+                             "least one entry True.")
+    return radius, grad_scale
+
+
+def _like_weights(name, tensors, weights):
+    tensors = list(tensors)
+    if len(tensors) != len(weights):
+        raise ValueError(f"{name} has {len(tensors)} tensors for "
+                         f"{len(weights)} weights: one per weight.")
+    for i, (t, w) in enumerate(zip(tensors, weights)):
+        if tuple(t.shape) != tuple(w.shape):
+            raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}, its "
+                             f"weight {tuple(w.shape)}.")
+
+
+def loss_fn_result(result):
+    """What `functional.direction`'s `loss_fn` returned: `(loss, aux,
+    new_state)`, or a `ValueError` naming it."""
+    if not (isinstance(result, (tuple, list)) and len(result) == 3):
+        got = (f"a {type(result).__name__} of {len(result)}"
+               if isinstance(result, (tuple, list))
+               else type(result).__name__)
+        raise ValueError(f"loss_fn must return (loss, aux, new_state), got "
+                         f"{got}.")
+    return result

@@ -16,8 +16,8 @@ import collections
 import keras
 from keras import ops
 
-from keras_rts import backend, methods
-from keras_rts.step import REUSE, global_direction, method_passes
+from keras_rts import backend, checks, methods
+from keras_rts.step import global_direction, method_passes
 
 Direction = collections.namedtuple(
     "Direction", "direction loss aux state memory grad_norm finite apart")
@@ -105,27 +105,22 @@ def direction(loss_fn, weights, state=(), *, method="pugd", radius=None,
     """
     backend.check_supported()
     spec = methods.get_method(method, **options)
-    if perturb not in (True, False, REUSE):
-        raise ValueError(f"perturb must be True, False or {REUSE!r}, got "
-                         f"{perturb!r}.")
-    if perturb == REUSE and REUSE not in spec.rules:
-        raise ValueError(f"perturb={REUSE!r} is LookSAM's one-pass step; "
-                         f"method={method!r} has none.")
     weights = [w.value if isinstance(w, keras.Variable) else w
                for w in weights]
-    if perturbed is not None and len(perturbed) != len(weights):
-        raise ValueError(f"perturbed has {len(perturbed)} entries for "
-                         f"{len(weights)} weights.")
-    radius = spec.default_radius if radius is None else radius
-    grad_scale = spec.default_grad_scale if grad_scale is None else grad_scale
+    radius, grad_scale = checks.direction_arguments(
+        spec, weights, radius, grad_scale, weight_decay, perturb, memory,
+        momentum, perturbed)
     if spec.memory and memory is None:
         memory = [ops.zeros_like(w) for w in weights]
     if spec.momentum and momentum is None:
         momentum = [ops.zeros_like(w) for w in weights]
 
+    def checked_loss_fn(weights, state):
+        return checks.loss_fn_result(loss_fn(weights, state))
+
     def pass_fn(batch, weights, state):
         loss, aux, new_state, grads = backend.value_and_grad(
-            loss_fn, weights, state)
+            checked_loss_fn, weights, state)
         return loss, aux, list(grads), new_state
 
     passes, memory = method_passes(

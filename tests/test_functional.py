@@ -147,15 +147,51 @@ def test_bad_arguments_are_refused_naming_them():
         raise AssertionError("not called")
 
     weights = net.trainable_variables
-    with pytest.raises(ValueError, match="perturb must be True, False or "
-                       "'reuse'"):
-        keras_rts.functional.direction(loss_fn, weights, perturb=2)
-    with pytest.raises(ValueError, match="LookSAM's one-pass step; "
-                       "method='sam' has none"):
-        keras_rts.functional.direction(loss_fn, weights, method="sam",
-                                       perturb="reuse")
+    direction = keras_rts.functional.direction
+    with pytest.raises(ValueError, match="perturb must be one of True, "
+                       "False, 'reuse' for method='looksam'"):
+        direction(loss_fn, weights, method="looksam", perturb=2)
+    with pytest.raises(ValueError, match="perturb must be one of True, "
+                       "False for method='sam', got 'reuse'"):
+        direction(loss_fn, weights, method="sam", perturb="reuse")
     with pytest.raises(ValueError, match="perturbed has 1 entries for 6"):
-        keras_rts.functional.direction(loss_fn, weights, perturbed=[True])
+        direction(loss_fn, weights, perturbed=[True])
+    with pytest.raises(ValueError, match="perturbed leaves no weight"):
+        direction(loss_fn, weights, perturbed=[False] * 6)
     with pytest.raises(ValueError, match="alpha"):
-        keras_rts.functional.direction(loss_fn, weights, method="sam",
-                                       alpha=0.3)
+        direction(loss_fn, weights, method="sam", alpha=0.3)
+    # The same checks and messages as RTSModel's.
+    for bad in (-1.0, float("nan"), float("inf"), "big"):
+        for name in ("radius", "grad_scale", "weight_decay"):
+            with pytest.raises(ValueError, match=name):
+                direction(loss_fn, weights, method="sam", **{name: bad})
+            with pytest.raises(ValueError, match=name):
+                keras_rts.RTSModel(net, method="sam", **{name: bad})
+    zeros = [np.zeros(v.shape, "float32") for v in weights]
+    with pytest.raises(ValueError, match="memory has 5 tensors for 6"):
+        direction(loss_fn, weights, method="fsam", memory=zeros[:5])
+    with pytest.raises(ValueError, match=r"memory\[0\] has shape \(8,\)"):
+        direction(loss_fn, weights, method="fsam",
+                  memory=[np.zeros(8, "float32")] + zeros[1:])
+    with pytest.raises(ValueError, match="method='sam' takes no memory"):
+        direction(loss_fn, weights, method="sam", memory=zeros)
+    with pytest.raises(ValueError, match="reuses what a step of "
+                       "method='looksam' keeps"):
+        direction(loss_fn, weights, method="looksam", perturb="reuse")
+    with pytest.raises(ValueError, match="momentum has 5 tensors"):
+        direction(loss_fn, weights, method="msam", momentum=zeros[:5])
+
+
+def test_a_loss_fn_that_returns_the_wrong_thing_is_named():
+    net = _net()
+    x, y = _data()
+
+    def loss_fn(weights, state):
+        y_pred, state = net.stateless_call(weights, state, x, training=True)
+        return CROSS_ENTROPY(y, y_pred)  # the loss alone
+
+    with pytest.raises(ValueError, match=r"loss_fn must return \(loss, aux, "
+                       "new_state\), got"):
+        keras_rts.functional.direction(
+            loss_fn, net.trainable_variables,
+            [v.value for v in net.non_trainable_variables], method="sam")
