@@ -58,9 +58,7 @@ def model_arguments(model, method, radius, grad_scale, perturb, weight_decay,
         raise ValueError(
             "model must be a keras.Model (e.g. a Sequential or functional "
             f"model), got {type(model).__name__}.")
-    finite_number("eta", eta)
-    spec = methods.get_method(
-        method, eta=eta if method == "asam" else None, **options)
+    spec = methods.get_method(method, eta=eta, **options)
     radius, grad_scale = settings(spec, radius, grad_scale)
     finite_number("weight_decay", weight_decay)
     if exclude_from_perturbation is not None and (

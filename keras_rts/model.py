@@ -68,7 +68,8 @@ class RTSModel(backend.Trainer, keras.Model):
             after normalisation and before the optimizer (momentum), as in
             PyTorch's `SGD(weight_decay=...)` and the published recipes.
             Keras optimizers' own `weight_decay` is decoupled instead.
-        eta: ASAM's offset `η` in `T = |w| + η` (used by `"asam"` only).
+        eta: ASAM's offset `η` in `T = |w| + η` (0.01); another method's
+            model refuses it.
         perturbation: under a `tf.distribute` strategy with several
             replicas, `"replica"` forms each replica's ε from its own
             gradient (m-sharpness, as the SAM paper recommends) and
@@ -142,7 +143,7 @@ class RTSModel(backend.Trainer, keras.Model):
         grad_scale: float | None = None,
         perturb: bool = True,
         weight_decay: float = 0.0,
-        eta: float = 0.01,
+        eta: float | None = None,
         perturbation: str = "replica",
         sub_batch_size: int | None = None,
         alpha: float | None = None,
@@ -167,7 +168,7 @@ class RTSModel(backend.Trainer, keras.Model):
         self.model = model
         self.method = method
         self.weight_decay = float(weight_decay)
-        self.eta = float(eta)
+        self.eta = dict(method_spec.options).get("eta")
         self.perturbation = perturbation
         self.sub_batch_size = sub_batch_size
         self.options = dict(alpha=alpha, gamma=gamma, sigma=sigma,
@@ -472,10 +473,10 @@ class RTSModel(backend.Trainer, keras.Model):
                 "grad_scale": self._initial["grad_scale"],
                 "perturb": self._initial["perturb"],
                 "weight_decay": self.weight_decay,
-                "eta": self.eta,
                 "perturbation": self.perturbation,
                 "sub_batch_size": self.sub_batch_size,
                 **{k: v for k, v in self.options.items() if v is not None},
+                **({"eta": self.eta} if self.eta is not None else {}),
             }
         )
         if self.exclude_from_perturbation is not None:
@@ -486,6 +487,9 @@ class RTSModel(backend.Trainer, keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        if config.get("method") != "asam" and config.get("eta") == 0.01:
+            # Files of keras_rts 0.1.0 hold the default eta of every method.
+            del config["eta"]
         config["model"] = keras.saving.deserialize_keras_object(
             config["model"], custom_objects=custom_objects
         )

@@ -191,7 +191,7 @@ def test_a_loss_fn_that_returns_the_wrong_thing_is_named():
         return CROSS_ENTROPY(y, y_pred)  # the loss alone
 
     with pytest.raises(ValueError, match=r"loss_fn must return \(loss, aux, "
-                       "new_state\), got"):
+                       r"new_state\), got"):
         keras_rts.functional.direction(
             loss_fn, net.trainable_variables,
             [v.value for v in net.non_trainable_variables], method="sam")

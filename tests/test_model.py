@@ -445,7 +445,9 @@ def test_numpy_scalars_are_numbers():
     (dict(perturbation=["global"]), "perturbation"),
     (dict(sub_batch_size=0), "sub_batch_size"),
     (dict(sub_batch_size=2.5), "sub_batch_size"),
-    (dict(eta=-0.1), "eta"),
+    (dict(method="asam", eta=-0.1), "eta"),
+    (dict(method="gsam", eta=0.1), "eta=0.1 is a setting of asam, not of "
+                                   "method='gsam'"),
 ])
 def test_more_bad_arguments_raise_value_errors_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
