@@ -271,3 +271,21 @@ def test_random_switching_reads_nothing_per_step():
               verbose=0, callbacks=[window])
     reads = _reads_over_fit(model, x, y, [window])
     assert len(reads) <= len(plain) + 2, (reads, plain)
+
+
+def test_random_switching_on_a_method_that_never_perturbs_is_refused():
+    with pytest.raises(ValueError, match="method='sgd' never perturbs"):
+        _switched(_rts("sgd"), epochs=1, probability=0.5)
+
+
+@pytest.mark.parametrize("schedule, message", [
+    (lambda step: None, "returned None at step 0"),
+    (lambda step: 1.5, "returned 1.5 at step 0"),
+    (lambda step: "half", "fails at step 0"),
+])
+def test_a_bad_probability_schedule_is_refused_before_the_first_step(
+        schedule, message):
+    model = _rts("sam")
+    with pytest.raises(ValueError, match=message):
+        _switched(model, epochs=1, probability=schedule)
+    assert int(model.grad_evals.numpy()) == 0

@@ -5,6 +5,8 @@ import math
 import numbers
 from typing import Callable
 
+import keras
+
 from keras_rts.model import RTSModel
 
 
@@ -46,6 +48,25 @@ def check_probability(value):
             f"perturb_probability must be a number in [0, 1] (or a schedule "
             f"of the step giving one), got {value!r}.")
     return float(value)
+
+
+def scheduled_probability(schedule, step):
+    """A `perturb_probability` schedule's value at global step `step`,
+    checked: a number in [0, 1], else a `ValueError` naming the step and
+    what it returned."""
+    try:
+        value = schedule(step)
+        value = value if value is None else float(
+            keras.ops.convert_to_numpy(value))
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"perturb_probability's schedule {schedule!r} fails at step "
+            f"{step}: {e}") from None
+    if value is None or not 0 <= value <= 1:
+        raise ValueError(
+            f"perturb_probability's schedule {schedule!r} returned {value!r} "
+            f"at step {step}: it must return a number in [0, 1].")
+    return value
 
 
 def check_positive(name, value):

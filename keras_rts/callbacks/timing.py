@@ -63,7 +63,7 @@ class _Trigger(keras.callbacks.Callback):
             return step % self.perturb_every == 0
         p = self.perturb_probability
         if callable(p):
-            p = checks.check_probability(float(keras.ops.convert_to_numpy(p(step))))
+            p = checks.scheduled_probability(p, step)
         return np.random.default_rng((self.seed, step)).random() < p
 
     def on_train_begin(self, logs=None):
@@ -85,14 +85,25 @@ class _Trigger(keras.callbacks.Callback):
                     stacklevel=2)
         self._check_epochs(self.epochs or fit_epochs)
         if self._per_step:
+            which = (f"perturb_every={self.perturb_every}"
+                     if self.perturb_probability is None else
+                     f"perturb_probability={self.perturb_probability!r}")
             if not self.params.get("steps"):
-                which = (f"perturb_every={self.perturb_every}"
-                         if self.perturb_probability is None else
-                         f"perturb_probability={self.perturb_probability!r}")
                 raise ValueError(
                     f"{type(self).__name__}({which}) needs a known number of "
                     "steps per epoch: pass steps_per_epoch to fit().")
+            if not self.model._method.perturbs:
+                raise ValueError(
+                    f"{type(self).__name__}({which}) switches between the "
+                    "method's step and plain ones, but method="
+                    f"{self.model.method!r} never perturbs: every step is "
+                    "plain already.")
             checks.check_one_step_per_call(self, self.model)
+            if callable(self.perturb_probability):  # before the first step
+                first_epoch = getattr(self.model, "_initial_epoch", None) or 0
+                checks.scheduled_probability(
+                    self.perturb_probability,
+                    first_epoch * self.params["steps"])
 
     def _check_epochs(self, epochs):
         pass
