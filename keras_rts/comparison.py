@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from keras_rts import experiment, files, plots, reporting
+from keras_rts.experiment.build import METHOD_OPTIONS
 
 COSTS = ("grad_evals", "wall_time_seconds", "cpu_time_seconds")
 
@@ -103,6 +104,13 @@ def check(settings, methods, seeds, output_dir):
         raise ValueError(f"--{name.replace('_', '-')}: none of the methods "
                          f"{list(methods)} uses it: every run would ignore "
                          "it.")
+    # A method's own option (--alpha, --every, ...) goes to the methods
+    # that take it: `--methods sgd sam looksam --alpha 0.1`.
+    for method, wanted in arms.items():
+        own = [name for name in experiment.unused_flags(wanted)
+               if name in METHOD_OPTIONS]
+        arms[method] = dataclasses.replace(
+            wanted, **{name: None for name in own})
     check_arms(arms, seeds, output_dir)
     return arms
 

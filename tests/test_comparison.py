@@ -472,3 +472,22 @@ def test_the_differences_can_be_paired_against_other_methods():
         pytest.approx(np.mean(pugd - sam))
     header = comparison.table(a).split("\n")[0]
     assert "Δ final vs sam (pp)" in header and "vs pugd" not in header
+
+
+def test_a_methods_own_option_goes_to_the_methods_that_take_it(tfds_dir,
+                                                               tmp_path):
+    """`--methods sgd sam looksam --alpha 0.1` (docs/results/reproduce.sh)
+    runs SGD and SAM as they are and LookSAM with α 0.1, before any run
+    exists; an option no listed method takes is still refused."""
+    from keras_rts import experiment
+
+    settings = experiment.Settings(model="small_resnet", epochs=3,
+                                   train_examples=256, batch_size=64,
+                                   alpha=0.1, data_dir=tfds_dir)
+    arms = comparison.check(settings, ["sgd", "sam", "looksam"], [0],
+                            str(tmp_path / "cmp"))
+    assert [arms[m].alpha for m in ("sgd", "sam", "looksam")] == [
+        None, None, 0.1]
+    assert not os.path.exists(tmp_path / "cmp")
+    with pytest.raises(ValueError, match="--alpha: none of the methods"):
+        comparison.check(settings, ["sgd", "sam"], [0], str(tmp_path))
