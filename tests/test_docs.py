@@ -8,6 +8,7 @@ A block that needs names defined elsewhere on its page (`net`, `train`,
 like are shortened by the substitutions beside it — nothing else of the
 block changes. A new block with none of these must run as it stands."""
 
+import inspect
 import json
 import os
 import re
@@ -345,3 +346,58 @@ def test_every_relative_link_of_a_page_leads_somewhere(page):
         elif anchor and full.endswith(".md") and anchor not in _anchors(full):
             broken.append(f"{target} (no such heading)")
     assert broken == []
+
+
+def _readme_method_table():
+    """The README's method table: `{method: {column: text}}`."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith("| method | perturbation ε |"))
+    header = [c.strip() for c in lines[start].strip("|").split(" | ")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("| `"):
+            break
+        cells = [c.strip() for c in line[1:-1].split(" | ")]
+        rows[cells[0].strip("`")] = dict(zip(header, cells))
+    return rows
+
+
+def test_the_readme_method_table_is_the_code():
+    """Every method, its passes, default ρ and λ and its own options with
+    their defaults, as `keras_rts.METHODS` and `keras_rts.methods.OPTIONS`
+    hold them."""
+    import keras_rts
+    from keras_rts import methods
+
+    rows = _readme_method_table()
+    assert sorted(rows) == sorted(keras_rts.METHODS)
+    for name, method in keras_rts.METHODS.items():
+        row = rows[name]
+        assert float(row["ρ"]) == method.default_radius, name
+        if method.takes_grad_scale:
+            assert float(row["λ"]) == method.default_grad_scale, name
+        else:
+            assert row["λ"] == "none", name
+        passes = "1 + 1/k" if method.cycle else f"{method.passes:g}"
+        assert row["passes"] == passes, name
+        assert row["normalised"] == ("yes" if method.normalize else "no")
+        options = [f"`{o.name}={o.default!r}`"
+                   for o in methods.OPTIONS.get(name, ())]
+        assert row["own options"] == ", ".join(options), name
+
+
+def test_the_readme_signature_is_the_constructors():
+    import keras_rts
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    block = text[text.index("RTSModel(model, method="):]
+    block = " ".join(block[:block.index(")\n```")].split())
+    parameters = inspect.signature(keras_rts.RTSModel.__init__).parameters
+    wanted = ", ".join(
+        "**" + n if p.kind == p.VAR_KEYWORD else
+        n if p.default is p.empty else f"{n}={p.default!r}".replace("'", '"')
+        for n, p in parameters.items() if n != "self")
+    assert block == f"RTSModel({wanted}"
