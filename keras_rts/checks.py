@@ -38,8 +38,8 @@ def settings(spec, radius, grad_scale):
         why = ("makes no pass at w" if spec.momentum
                else "applies g, and its sharpness term apart (decouple=True)")
         raise ValueError(
-            f"method={spec.name!r} {why}, so it has no λ to weigh g with: "
-            f"leave grad_scale=None, got {grad_scale!r}.")
+            f"grad_scale: method={spec.name!r} {why}, so it has no λ to "
+            f"weigh g with; leave it None (got {grad_scale!r}).")
     grad_scale = spec.default_grad_scale if grad_scale is None else grad_scale
     return float(radius), float(grad_scale)
 
@@ -160,7 +160,7 @@ def perturbed_mask(variables, names):
     mask = [not any(n in v.path for n in names) for v in variables]
     if names and not any(mask):
         raise ValueError(
-            f"exclude_from_perturbation={names} leaves no trainable "
+            f"exclude_from_perturbation: {names} leaves no trainable "
             "variable to perturb.")
     return mask
 

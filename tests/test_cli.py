@@ -100,6 +100,14 @@ BAD_CIFAR = [
     (["--validation-examples", "1000", "--test-examples", "100"],
      "--test-examples"),
     (["--sub-batch-size", "48"], "--sub-batch-size"),
+    # What only the built network can tell, before anything is written.
+    (["--method", "sam", "--exclude-from-perturbation", "kernel", "bias",
+      "gamma", "beta"], "--exclude-from-perturbation"),
+    (["--method", "sam", "--exclude-from-perturbation", "bais"],
+     "--exclude-from-perturbation"),
+    (["--method", "msam", "--optimizer", "adamw", "--radius", "0.5",
+      "--grad-scale", "0.5"], "--grad-scale"),
+    (["--method", "sam", "--decouple", "false"], "--decouple"),
 ]
 
 

@@ -7,7 +7,7 @@ import os
 from keras_rts import data as data_lib
 from keras_rts.experiment.flags import FLAG_TYPES, RecipeParser, flag_errors
 from keras_rts.experiment.flags import verbosity
-from keras_rts.experiment.runs import check_run, run
+from keras_rts.experiment.runs import StartError, check_run, run
 from keras_rts.experiment.settings import (OPTIMIZER_DEFAULTS, PRESETS,
                                            Settings)
 
@@ -133,7 +133,7 @@ def main(argv=None, description=None, datasets=data_lib.DATASETS):
     try:
         summary = run(settings, output_dir=output_dir, resume=args.resume,
                       verbose=args.verbose, tensorboard=args.tensorboard)
-    except data_lib.DataError as e:  # read before anything is written
+    except (data_lib.DataError, StartError) as e:  # before anything is written
         parser.error(str(e))
     print(f"{settings.method} on {settings.dataset}: final "
           f"{summary['evaluated_on']} top-1 "

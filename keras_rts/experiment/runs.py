@@ -41,7 +41,7 @@ from keras_rts.experiment.build import (check_data, compile_model, datasets,
                                         shard_by_data, steps_per_epoch,
                                         worker_index)
 from keras_rts.experiment.flags import flag_error
-from keras_rts.experiment.settings import (load_settings,
+from keras_rts.experiment.settings import (Settings, load_settings,
                                            settings_differences, validate)
 from keras_rts.model import RTSModel
 
@@ -90,6 +90,20 @@ def _backup_epoch(backup_dir):
                 "history.csv is kept), or start again in a new folder") \
                 from None
     return metadata["epoch"]
+
+
+class StartError(ValueError):
+    """A run refused before anything is written, for a reason only the
+    built network can tell (`--exclude-from-perturbation` names that match
+    none of its variables, say): one line on the command line."""
+
+
+def _as_flag(message):
+    """`exclude_from_perturbation: …` as `--exclude-from-perturbation: …`."""
+    name = message.split(":")[0]
+    if name.isidentifier() and name in Settings.__dataclass_fields__:
+        return "--" + name.replace("_", "-") + message[len(name):]
+    return message
 
 
 def versions():
@@ -219,10 +233,13 @@ def run(settings, *, output_dir, resume=False, verbose="auto", callbacks=(),
         # Every worker reads the same batches and keeps its part of each:
         # the global batch is the one-process batch.
         train, evaluation = (shard_by_data(d) for d in (train, evaluation))
-    with strategy.scope():
-        model = RTSModel(models_lib.get(s.model, num_classes, input_shape),
-                         **model_kwargs)
-        compile_model(model, s, steps_per_epoch(s))
+    try:
+        with strategy.scope():
+            model = RTSModel(models_lib.get(s.model, num_classes,
+                                            input_shape), **model_kwargs)
+            compile_model(model, s, steps_per_epoch(s))
+    except ValueError as e:  # what only the network can tell, as a flag's
+        raise StartError(_as_flag(str(e))) from None
 
     os.makedirs(output_dir, exist_ok=True)
     with open(paths["settings.json"], "w") as f:
