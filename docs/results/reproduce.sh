@@ -150,3 +150,24 @@ for noise in 40 0; do
         --output-dir "$folder" --preset cpu --epochs 60 \
         --data-dir "$DATA/tensorflow_datasets" --verbose 2
 done
+
+# Momentum-SAM (issue 37): its ρ on held-out images under 40 % noise
+# (docs/tuning.md; SGD's run is LookSAM's α search's), then five seeds on
+# the test protocol beside the same SGD, SAM and LookSAM α 0.1 runs.
+for radius in 3 1 0.3; do
+    python recipes/compare.py --methods msam --radius $radius --seeds 0 \
+        --label-noise 0.4 --validation-examples 5000 --preset cpu \
+        --epochs 60 --data-dir "$DATA/tensorflow_datasets" --verbose 2 \
+        --output-dir docs/tuning/cifar10_small_resnet_5k_60_noise40_msam_radius/radius_$radius
+done
+folder=docs/results/cifar10_small_resnet_5k_60_noise40_msam
+mkdir -p "$folder/runs"
+for run in sgd sam looksam; do
+    for seed in 0 1 2 3 4; do
+        cp -rn docs/results/cifar10_small_resnet_5k_60_noise40_looksam_alpha_0.1/runs/${run}_seed$seed "$folder/runs/"
+    done
+done
+python recipes/compare.py --methods sgd sam looksam msam --alpha 0.1 \
+    --baselines sgd sam --seeds 0 1 2 3 4 --label-noise 0.4 \
+    --output-dir "$folder" --preset cpu --epochs 60 \
+    --data-dir "$DATA/tensorflow_datasets" --verbose 2
