@@ -619,4 +619,4 @@ def test_an_msam_run_recomputes_batchnorm_at_w_and_keeps_both_scores(
                              verbose=0)
     assert summary["grad_evals"] == 2 * 4
     assert 0 <= summary["final_test_top1_batchnorm_as_trained"] <= 1
-    assert summary["settings"]["radius"] == pytest.approx([0.3])
+    assert list(summary["settings"]["radius"]) == pytest.approx([1.0])
