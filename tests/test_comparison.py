@@ -134,7 +134,28 @@ def _check_results(folder, name="results"):
                     assert d["low"] == pytest.approx(low, abs=1e-6)
                     assert d["high"] == pytest.approx(high, abs=1e-6)
     with open(os.path.join(folder, name + ".md")) as f:
-        accuracy, cost = _tables(f.read())
+        accuracy, cost, *recomputed = _tables(f.read())
+    as_trained = [m for m in methods if all(
+        "final_test_top1_batchnorm_as_trained" in s for s in summaries[m])]
+    assert len(recomputed) == (1 if as_trained else 0)
+    for row in (recomputed[0] if recomputed else []):
+        values = [s["final_test_top1_batchnorm_as_trained"]
+                  for s in summaries[row["method"]]]
+        after = [s["final_test_top1"] for s in summaries[row["method"]]]
+        mean, _ = _plus_minus(row["final top-1, statistics as trained (%)"])
+        assert mean == pytest.approx(100 * np.mean(values), abs=0.006)
+        for base in baselines:
+            if base == row["method"]:
+                continue
+            paired = [v - s["final_test_top1"]
+                      for v, s in zip(values, summaries[base])]
+            cell = row[f"Δ as trained vs {base} (pp)"]
+            got = _interval_cell(cell)[0] if "[" in cell else float(cell)
+            assert got == pytest.approx(100 * np.mean(paired), abs=0.006)
+        gain = row["Δ of the recomputation (pp)"]
+        gain = _interval_cell(gain)[0] if "[" in gain else float(gain)
+        assert gain == pytest.approx(
+            100 * np.mean(np.subtract(after, values)), abs=0.006)
     assert [r["method"] for r in accuracy] == methods
     assert [r["method"] for r in cost] == methods
     for row in accuracy:
