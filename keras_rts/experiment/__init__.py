@@ -1,7 +1,8 @@
 """What every recipe shares: a run from its settings, and its artefacts.
 
 - `settings`: `Settings` (one field per recipe flag), the recipe methods
-  (`METHODS`), presets, and `validate`;
+  (`METHODS`) and presets; `validation`: `validate` and the checks it
+  makes;
 - `build`: the model's method and callbacks (`method_plan`), the data
   (`datasets`, `check_data`), the optimizer (`compile_model`);
 - `runs`: `run` and `check_run`, and the artefacts a run writes;
@@ -33,8 +34,10 @@ _EXPORTS = {
     **dict.fromkeys((
         "BASE_METHODS", "LOCATION_FIELDS", "METHODS", "PRESETS",
         "STRATEGIES", "TIMINGS", "RecipeMethod", "Settings", "load_settings",
-        "settings_differences", "unused_flags", "validate",
     ), "settings"),
+    **dict.fromkeys((
+        "settings_differences", "unused_flags", "validate",
+    ), "validation"),
 }
 """Each name, and the submodule it comes from (imported on first use:
 `flags` needs no TensorFlow, the others do)."""

@@ -41,8 +41,8 @@ from keras_rts.experiment.build import (check_data, compile_model, datasets,
                                         shard_by_data, steps_per_epoch,
                                         worker_index)
 from keras_rts.experiment.flags import flag_error
-from keras_rts.experiment.settings import (Settings, load_settings,
-                                           settings_differences, validate)
+from keras_rts.experiment.settings import Settings, load_settings
+from keras_rts.experiment.validation import settings_differences, validate
 from keras_rts.model import RTSModel
 
 tf = _extras.require("tensorflow", "keras_rts.experiment")
