@@ -11,6 +11,21 @@ The core — `RTSModel`, `callbacks`, `schedules`, `methods`, `directions`,
 """
 
 import importlib
+import os
+
+try:
+    import keras  # noqa: F401
+except ModuleNotFoundError as error:
+    # Keras' default backend is TensorFlow; without it, say what to set.
+    if (error.name or "").split(".")[0] == "tensorflow" and not \
+            os.environ.get("KERAS_BACKEND"):
+        raise ModuleNotFoundError(
+            "Keras' backend is TensorFlow (its default, as no KERAS_BACKEND "
+            "is set), which is not installed: set the backend you "
+            "installed before importing keras_rts, e.g. KERAS_BACKEND=jax "
+            "or KERAS_BACKEND=torch (or install TensorFlow: pip install -e "
+            "'.[tensorflow]').", name="tensorflow") from None
+    raise
 
 from keras_rts import (callbacks, directions, files, functional, methods,
                        models, schedules, tuning)

@@ -94,3 +94,19 @@ def test_a_recipe_without_tensorflow_says_what_to_install():
         "cifar.py: error: this recipe reads its data with tf.data, on any "
         "Keras backend, and TensorFlow is not installed: pip install "
         "'keras_rts[recipes]'"]
+
+
+def test_without_tensorflow_or_a_backend_set_the_error_says_what_to_set(
+        tmp_path):
+    """A JAX-only machine, no KERAS_BACKEND and no Keras config: the error
+    names the variable to set (Keras' own says only that TensorFlow is
+    missing)."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)  # no keras.json choosing a backend
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK + "import keras_rts"], cwd=ROOT,
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "set the backend you installed" in last, last
+    assert "KERAS_BACKEND=jax" in last
