@@ -3,7 +3,7 @@ keeps between steps, its options and their published defaults.
 
 A method is a `Method`: a name, its default ρ and λ, whether its direction
 is normalised, and its `rules` — for each kind of step it takes, a function
-of a `keras_rts.step.Passes` that makes the step's passes (`p.grad_at()` at
+of a `keras_rts.step.Context` that makes the step's passes (`p.grad_at()` at
 `w`, `p.grad_at(p.shifted(ε))` at `w + ε`) and returns the direction, not yet
 normalised, and what the method keeps after the step. The step
 (`keras_rts.step`) runs whichever rule the phase asks for; it names no method.
@@ -43,7 +43,7 @@ class Method:
         name: the method's name.
         rules: the kinds of step the method takes, by name: `"step"`, its
             own, and any other (LookSAM's `"reuse"`). Each is
-            `rule(p) -> (direction, memory)`, `p` a `keras_rts.step.Passes`.
+            `rule(p) -> (direction, memory)`, `p` a `keras_rts.step.Context`.
         default_radius: the `ρ` used when the user gives none.
         default_grad_scale: the `λ` used when the user gives none.
         normalize: whether the direction is scaled to unit norm.
