@@ -173,7 +173,7 @@ def _defines(name, *options):
     return register
 
 
-# The rules. `p` is the step's `keras_rts.step.Passes`: `p.grad_at(at)` is a
+# The rules. `p` is the step's `keras_rts.step.Context`: `p.grad_at(at)` is a
 # forward/backward pass (at `w` without `at`), `p.source(g)` the gradient ε
 # is formed from (of the perturbed variables only), `p.shifted(ε)` the
 # weights `w + ε`; `p.radius`, `p.grad_scale`, `p.memory` (what the method
