@@ -29,8 +29,8 @@ def settings(spec, radius, grad_scale):
     method's defaults where `None`."""
     radius = spec.default_radius if radius is None else radius
     finite_number("radius", radius)
-    if spec.name == "wsam" and grad_scale is not None:
-        # Coupled WSAM's λ = (1−2γ)/γ is negative for γ > 1/2.
+    if spec.default_grad_scale < 0 and grad_scale is not None:
+        # A method whose own λ is negative (coupled WSAM's (1−2γ)/γ).
         finite_number("|grad_scale|", abs(grad_scale))
     else:
         finite_number("grad_scale", grad_scale, allow_none=True)

@@ -63,7 +63,6 @@ class Method:
         apart: whether the rule returns a part applied apart from the
             optimizer (decoupled WSAM).
         options: the method's own settings as bound, `(name, value)` pairs.
-        summary: one line for tables (README, docs/method.md).
 
     A rule returns `(direction, memory)`, or `(direction, memory, apart)`
     for a method with a part applied apart from the optimizer (decoupled
@@ -83,7 +82,6 @@ class Method:
     takes_grad_scale: bool = True
     apart: bool = False
     options: tuple = ()
-    summary: str = ""
 
     @property
     def plain(self):
@@ -202,22 +200,19 @@ def _sharpness_aware(epsilon):
 
 @_defines("sgd")
 def _sgd():
-    return Method("sgd", {"step": plain}, 0.0, 0.0,
-                  summary="one pass, d = g")
+    return Method("sgd", {"step": plain}, 0.0, 0.0)
 
 
 @_defines("ugd")
 def _ugd():
-    return Method("ugd", {"step": plain}, 0.0, 0.0, normalize=True,
-                  summary="one pass, d = g/‖g‖")
+    return Method("ugd", {"step": plain}, 0.0, 0.0, normalize=True)
 
 
 @_defines("sam")
 def _sam():
     """Foret et al., ICLR 2021."""
     return Method("sam", {"step": _sharpness_aware(d.sam_perturbation)},
-                  0.05, 0.0, from_batch=True, epsilon=d.sam_perturbation,
-                  summary="ε = ρ·g/‖g‖, d = g*")
+                  0.05, 0.0, from_batch=True, epsilon=d.sam_perturbation)
 
 
 @_defines("asam", Option("eta", 0.01, "Kwon et al. 2021, CIFAR setup",
@@ -227,8 +222,7 @@ def _asam(eta):
     def epsilon(grads, weights, radius):
         return d.asam_perturbation(grads, weights, radius, eta=eta)
     return Method("asam", {"step": _sharpness_aware(epsilon)}, 0.5, 0.0,
-                  from_batch=True, epsilon=epsilon,
-                  summary="ε = ρ·T²g/‖Tg‖, T = |w| + η, d = g*")
+                  from_batch=True, epsilon=epsilon)
 
 
 @_defines("pugd")
@@ -236,8 +230,7 @@ def _pugd():
     """Tseng et al., IJCNN 2022."""
     return Method("pugd", {"step": _sharpness_aware(d.pugd_perturbation)},
                   1.0, 1.0, normalize=True, from_batch=True,
-                  epsilon=d.pugd_perturbation,
-                  summary="ε = ρ·|w|g/‖|w|g‖, d = (g* + g)/‖g* + g‖")
+                  epsilon=d.pugd_perturbation)
 
 
 @_defines("gsam", Option("alpha", 0.4, "pytorch_optimizer's GSAM default",
@@ -248,8 +241,7 @@ def _gsam(alpha):
         g, g_star = _two_passes(p, d.sam_perturbation)
         return d.gsam_direction(g_star, g, p.grad_scale, alpha), p.memory
     return Method("gsam", {"step": rule}, 0.05, 0.0, from_batch=True,
-                  epsilon=d.sam_perturbation,
-                  summary="SAM's ε, d = g* − α·g⊥")
+                  epsilon=d.sam_perturbation)
 
 
 @_defines("wsam", Option("gamma", 0.9, "pytorch_optimizer's WSAM default "
@@ -277,12 +269,9 @@ def _wsam(gamma, decouple):
     if decouple:
         return Method("wsam", {"step": decoupled}, 0.05, 0.0,
                       from_batch=True, epsilon=d.sam_perturbation,
-                      takes_grad_scale=False, apart=True,
-                      summary="SAM's ε; d = g, then w ← w − lr·γ/(1−γ)·"
-                              "(g* − g) apart from the optimizer")
+                      takes_grad_scale=False, apart=True)
     return Method("wsam", {"step": coupled}, 0.05, d.wsam_grad_scale(gamma),
-                  from_batch=True, epsilon=d.sam_perturbation,
-                  summary="SAM's ε, d = γ/(1−γ)·(g* + (1−2γ)/γ·g)")
+                  from_batch=True, epsilon=d.sam_perturbation)
 
 
 @_defines("fsam", Option("sigma", 1.0, "Li et al. 2024, σ", _non_negative),
@@ -300,8 +289,7 @@ def _fsam(sigma, decay):
         return (d.combine(g_star, g, p.grad_scale),
                 p.fill(average, p.memory))
     return Method("fsam", {"step": rule}, 0.05, 0.0, memory="average",
-                  from_batch=True,
-                  summary="ε = ρ·u/‖u‖, u = g − σ·m, d = g*")
+                  from_batch=True)
 
 
 @_defines("looksam", Option("alpha", 0.7, "Liu et al. 2022, α",
@@ -321,9 +309,7 @@ def _looksam(alpha, every):
                           p.grad_scale), p.memory)
     return Method("looksam", {"step": step, "reuse": reuse}, 0.05, 0.0,
                   memory="orthogonal", from_batch=True, cycle=every,
-                  epsilon=d.sam_perturbation,
-                  summary="SAM's step every k-th step; between, one pass, "
-                          "d = g + α·‖g‖/‖g_v‖·g_v")
+                  epsilon=d.sam_perturbation)
 
 
 @_defines("msam")
@@ -335,7 +321,7 @@ def _msam():
         ahead = d.scaled_to_radius(p.to_perturb(p.momentum), -p.radius)
         return p.grad_at(p.shifted(ahead)), p.memory
     return Method("msam", {"step": rule}, 0.3, 0.0, momentum=True,
-                  takes_grad_scale=False, summary="one pass at w − ρ·v/‖v‖, v the momentum")
+                  takes_grad_scale=False)
 
 
 _MEANING = {

@@ -260,7 +260,7 @@ class RTSModel(backend.Trainer, keras.Model):
     def _next_phase(self):
         """The phase of the next step, from the host's copy of `perturb`
         (`keras_rts.phase`): never a read of the device. `False` (a plain
-        step), `True` (the method's step), or for LookSAM `REUSE` (its
+        step), `True` (the method's step), or for LookSAM `"reuse"` (its
         one-pass step) on all but every k-th step of its phase
         (`keras_rts.methods.Method.phase`). Counted
         on the host for the epoch's share of steps that ran the method

@@ -15,10 +15,7 @@ import collections
 import keras
 from keras import ops
 
-from keras_rts import backend, directions
-
-REUSE = "reuse"
-"""LookSAM's one-pass phase: a rule of `keras_rts.methods.Method.rules`."""
+from keras_rts import backend, directions, methods
 
 Passes = collections.namedtuple(
     "Passes", "loss y_pred grads direction state count apart",
@@ -132,7 +129,7 @@ def method_passes(method, pass_fn, batch, weights, state, radius, grad_scale,
         radius: `ρ`.
         grad_scale: `λ`.
         phase: `False` (one plain pass: `d = g`), `True` (the method's
-            step) or the name of another of its rules (LookSAM's `REUSE`).
+            step) or the name of another of its rules (LookSAM's `"reuse"`).
         memory: what the method keeps (`Method.memory`), or `None`.
         momentum: the optimizer's first moment (`Method.momentum`).
         perturbed: which weights ε perturbs (booleans), or `None` for all.
@@ -143,8 +140,6 @@ def method_passes(method, pass_fn, batch, weights, state, radius, grad_scale,
         `(Passes, memory)`: the passes (`direction` not yet normalised) and
         what the method keeps after them (`memory` itself if unchanged).
     """
-    from keras_rts import methods  # (which imports this module's users)
-
     rule = method.rule(phase) if phase else methods.plain
     p = Context(pass_fn, batch, weights, state, radius, grad_scale,
                 memory, momentum, perturbed, sources, loss_scale)
@@ -267,8 +262,8 @@ def global_direction(method, method_on, passes, weights, weight_decay,
         grads = [None if g is None else g / loss_scale for g in grads]
         direction = [None if d is None else d / loss_scale
                      for d in direction]
-        apart = apart and [None if a is None else a / loss_scale
-                           for a in apart]
+        if apart is not None:
+            apart = [None if a is None else a / loss_scale for a in apart]
     direction, grad_norm, finite = finished_direction(
         method, method_on, one_pass, failed, grads, direction, weights,
         weight_decay)

@@ -167,34 +167,6 @@ def test_what_msam_cannot_do_is_refused(kwargs, message):
         keras_rts.RTSModel(_net(), method="msam", **kwargs)
 
 
-def test_the_functional_direction_matches_the_model():
-    """`functional.direction(method="msam", momentum=v)`, fed the
-    optimizer's momentum, takes the model's steps."""
-    x, y = _data()
-    model = _rts("msam", radius=1.0)
-    _fit(model, x, y)
-    net = _net()
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-    optimizer.build(net.trainable_variables)
-    for i in range(0, len(x), BATCH):
-        xb, yb = x[i:i + BATCH], y[i:i + BATCH]
-
-        def loss_fn(weights, state):
-            y_pred, state = net.stateless_call(weights, state, xb,
-                                               training=True)
-            return CROSS_ENTROPY(yb, y_pred), y_pred, state
-
-        d = keras_rts.functional.direction(
-            loss_fn, net.trainable_variables,
-            [v.value for v in net.non_trainable_variables], method="msam",
-            radius=1.0, momentum=[-m.value for m in optimizer.momentums])
-        optimizer.apply(d.direction, net.trainable_variables)
-        for variable, value in zip(net.non_trainable_variables, d.state):
-            variable.assign(value)
-    for a, b in zip(_trainable(net), _trainable(model)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("policy, tolerance", [
     ("mixed_float16", 2e-2), ("mixed_bfloat16", 5e-2)])
 def test_mixed_precision_takes_the_float32_steps(policy, tolerance):
